@@ -1,0 +1,64 @@
+"""The `tuneloop` command. Each subcommand lives in its own module; this one only wires them up."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from tuneloop import __version__
+from tuneloop.cli import config as config_cmd
+from tuneloop.cli import generate as generate_cmd
+from tuneloop.cli import init as init_cmd
+from tuneloop.cli import models as models_cmd
+from tuneloop.errors import UserError
+
+app = typer.Typer(
+    name="tuneloop",
+    help="Fine-tune a language model on your domain data, and prove it got better.\n\n"
+    "The loop: define (init) → data → train → evaluate → deploy → monitor → iterate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+_state = {"debug": os.environ.get("TUNELOOP_DEBUG", "") not in ("", "0")}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"tuneloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    if debug:
+        _state["debug"] = True
+
+
+app.command("init")(init_cmd.init)
+app.add_typer(config_cmd.app, name="config")
+app.command("models")(models_cmd.models)
+app.command("generate")(generate_cmd.generate)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one clear message and exit code 1."""
+    try:
+        app()
+    except UserError as e:
+        if _state["debug"]:
+            raise
+        from tuneloop import console
+
+        console.err.print(f"error: {e}", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

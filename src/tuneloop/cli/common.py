@@ -1,0 +1,29 @@
+"""Options shared by every command that reads the project config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuneloop import config
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="The project config file.", show_default=True),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config field, e.g. --set train.learning_rate=1e-4 (repeatable; values are YAML).",
+        show_default=False,
+    ),
+]
+
+
+def load_config(path: Path, overrides: list[str] | None) -> config.ProjectConfig:
+    """Load the config with overrides; every command goes through here."""
+    return config.load(path, overrides or [])

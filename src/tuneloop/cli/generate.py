@@ -1,0 +1,44 @@
+"""`tuneloop generate`: one reply from a model, to check it loads and talks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuneloop import config
+from tuneloop.cli.common import ConfigOption, SetOption, load_config
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message to answer.")],
+    config_path: ConfigOption = Path(config.CONFIG_FILENAME),
+    overrides: SetOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model to use instead of the config's model.name (skips the config)."),
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="A system message to put first.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply, in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy (reproducible); >0 samples.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+) -> None:
+    """Generate a reply with the project's model (or --model) through its chat template."""
+    from tuneloop import console
+    from tuneloop.generate import chat_reply
+    from tuneloop.models import load_causal_lm
+
+    if model is not None:
+        name, dtype, trust, revision = model, "auto", False, None
+    else:
+        cfg = load_config(config_path, overrides)
+        name, dtype = cfg.model.name, cfg.model.dtype
+        trust, revision = cfg.model.trust_remote_code, cfg.model.revision
+    console.note(f"loading {name}")
+    lm, tokenizer = load_causal_lm(name, dtype=dtype, trust_remote_code=trust, revision=revision)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    reply, stopped = chat_reply(lm, tokenizer, messages, max_new_tokens, temperature, seed)
+    print(reply)
+    if not stopped:
+        console.warn(f"the reply hit --max-new-tokens {max_new_tokens} before the end-of-turn token")

@@ -1,0 +1,85 @@
+"""`tuneloop init DIR --task TYPE`: write a working project to start from."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, get_args
+
+import typer
+
+from tuneloop import config
+from tuneloop.errors import UserError
+from tuneloop.models import DEFAULT_MODEL
+
+OBJECTIVES = {
+    "chat": "Answer customer support questions for our product accurately, briefly and politely.",
+    "instruction": "Follow short writing and editing instructions in our house style.",
+    "summarization": "Summarize a support ticket in one line that an agent can act on.",
+    "qa": "Answer questions about our policies using only the policy text given.",
+    "classification": "Route each support message to the right team: billing, technical or account.",
+    "preference": "Prefer helpful, specific answers over dismissive ones.",
+}
+
+# The command a new project runs next. It moves forward as the loop's later stages land.
+NEXT_COMMAND = 'cd {dir} && tuneloop config show && tuneloop generate "How do I reset my password?"'
+
+
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder for the new project (created if missing).")],
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task", "-t", help=f"Task type: {', '.join(get_args(config.TaskType))}.", show_default=True
+        ),
+    ] = "chat",
+    objective: Annotated[
+        str | None, typer.Option(help="What the model should get better at, in words (default: an example).")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Base model name, folder, .gguf file or hub id.")] = DEFAULT_MODEL,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist and differ.")] = False,
+) -> None:
+    """Create tuneloop.yaml, a small sample data file for the task type, and a README with the next step."""
+    from tuneloop import console
+
+    if task not in OBJECTIVES:
+        raise UserError(f"unknown task type '{task}'; choose one of: {', '.join(OBJECTIVES)}")
+    templates = files("tuneloop") / "templates"
+    sample = (templates / "samples" / f"{task}.jsonl").read_text(encoding="utf-8")
+    objective = objective or OBJECTIVES[task]
+    values = {
+        "task_type": task,
+        "objective": objective.replace("\\", "\\\\").replace('"', '\\"'),
+        "metrics": ", ".join(config.DEFAULT_METRICS[task]),
+        "model": model,
+    }
+    outputs = {
+        "tuneloop.yaml": (templates / "tuneloop.yaml").read_text(encoding="utf-8").format(**values),
+        "data/sample.jsonl": sample,
+        "README.md": (templates / "README.md")
+        .read_text(encoding="utf-8")
+        .format(
+            name=directory.name,
+            task_type=task,
+            objective=objective,
+            rows=sample.count("\n"),
+            next_command=NEXT_COMMAND.format(dir=directory),
+        ),
+    }
+    clashes = [
+        name
+        for name, text in outputs.items()
+        if (directory / name).exists() and (directory / name).read_text(encoding="utf-8") != text
+    ]
+    if clashes and not force:
+        raise UserError(
+            f"{directory} already has {', '.join(clashes)} with other content; "
+            "pass --force to overwrite, or choose another folder"
+        )
+    for name, text in outputs.items():
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    config.load(directory / config.CONFIG_FILENAME)  # a template that does not validate is our bug
+    console.out.print(f"created {task} project in {directory}/ (tuneloop.yaml, data/sample.jsonl, README.md)")
+    console.out.print(f"next: {NEXT_COMMAND.format(dir=directory)}", markup=False)

@@ -1,0 +1,444 @@
+"""The project config: one YAML file (`tuneloop.yaml`), typed and validated.
+
+`load()` reads the file, applies `--set a.b=c` overrides, and validates everything at once.
+Every problem is reported together, each with its line in the YAML (or the `--set` it came
+from), and an unknown key names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from tuneloop.errors import UserError
+
+CONFIG_FILENAME = "tuneloop.yaml"
+RESOLVED_FILENAME = "config.resolved.yaml"
+
+TaskType = Literal["instruction", "chat", "summarization", "qa", "classification", "preference"]
+MethodName = Literal["full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning"]
+DataFormat = Literal[
+    "auto",
+    "prompt_completion",
+    "messages",
+    "text",
+    "alpaca",
+    "sharegpt",
+    "classification",
+    "preference",
+    "ranked",
+]
+
+# The vocabulary of task metrics. `tuneloop eval` computes each with its reference library;
+# naming them here lets a typo fail at load time instead of after an hour of training.
+METRICS = (
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "bleu",
+    "chrf",
+    "exact_match",
+    "normalized_exact_match",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "perplexity",
+    "flesch_kincaid",
+    "json_valid",
+    "json_schema",
+    "output_length",
+    "preference_accuracy",
+)
+
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "instruction": ["rougeL", "exact_match"],
+    "chat": ["rougeL", "perplexity"],
+    "summarization": ["rouge1", "rouge2", "rougeL"],
+    "qa": ["normalized_exact_match", "rougeL"],
+    "classification": ["accuracy", "f1"],
+    "preference": ["preference_accuracy"],
+}
+
+# Learning rates that work as a first try for each method on small models: full fine-tuning
+# moves every weight and needs a small step; adapters start from zero and need a larger one.
+DEFAULT_LEARNING_RATE: dict[str, float] = {
+    "full": 2e-5,
+    "lora": 2e-4,
+    "qlora": 2e-4,
+    "dora": 2e-4,
+    "prompt_tuning": 3e-2,
+    "prefix_tuning": 1e-2,
+}
+
+_USER_METRIC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Section):
+    """Define: what the model should get better at, and how we will know."""
+
+    objective: str = Field(description="What the fine-tuned model should do, in one or two sentences.")
+    type: TaskType = Field(description="The kind of task; it picks the data format and default metrics.")
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="Success metrics chosen up front (empty: the defaults for the task type). "
+        "A user metric is 'module:function'.",
+    )
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("write the objective in words, e.g. 'answer billing questions in our tone'")
+        return value.strip()
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        bad = [m for m in metrics if m not in METRICS and not _USER_METRIC.match(m)]
+        if bad:
+            hints = []
+            for m in bad:
+                close = difflib.get_close_matches(m, METRICS, n=1)
+                hints.append(f"'{m}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise ValueError(
+                f"unknown metric {', '.join(hints)}; known: {', '.join(METRICS)}, or 'module:function'"
+            )
+        return metrics
+
+    @model_validator(mode="after")
+    def _default_metrics(self) -> TaskConfig:
+        if not self.metrics:
+            self.metrics = list(DEFAULT_METRICS[self.type])
+        return self
+
+
+class ModelConfig(_Section):
+    """The base model to fine-tune."""
+
+    name: str = Field(
+        default="smollm2-135m-instruct",
+        description="An embedded model name (see `tuneloop models`), a local folder, a .gguf file, "
+        "or a Hugging Face hub id.",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weight dtype when loading; 'auto' is float32 on CPU, bf16/fp16 on GPU."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Run Python code shipped with a hub model. Off unless you trust it."
+    )
+
+
+class SplitConfig(_Section):
+    """Fractions of the data for train / validation / test."""
+
+    train: float = Field(default=0.8, gt=0, lt=1)
+    val: float = Field(default=0.1, ge=0, lt=1)
+    test: float = Field(default=0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the data is and how to shape it."""
+
+    train: list[str] = Field(
+        default_factory=lambda: ["data/train.jsonl"],
+        description="Files or folders (JSONL, JSON, CSV, Parquet), relative to the config file.",
+    )
+    val: list[str] = Field(default_factory=list, description="Your own validation split, if you have one.")
+    test: list[str] = Field(default_factory=list, description="Your own test split, if you have one.")
+    format: DataFormat = Field(default="auto", description="Record format; 'auto' detects it from the rows.")
+    max_length: int = Field(default=1024, gt=0, description="Longest example in tokens, after the template.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    seed: int = 42
+
+    @field_validator("train", "val", "test", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class LoraConfig(_Section):
+    """Low-rank adapter shape, used by lora, qlora and dora."""
+
+    r: int = Field(default=16, gt=0, description="Adapter rank.")
+    alpha: int = Field(default=32, gt=0, description="Scaling numerator; the update is scaled by alpha/r.")
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: Literal["auto", "all-linear"] | list[str] = Field(
+        default="auto",
+        description="'auto' picks the attention and MLP projections for the architecture; "
+        "'all-linear' adapts every linear layer; or list module names.",
+    )
+
+
+class QuantConfig(_Section):
+    """4-bit base model for qlora (bitsandbytes)."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(default=True, description="Quantise the quantisation constants too.")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class PromptConfig(_Section):
+    """Virtual tokens for prompt_tuning and prefix_tuning."""
+
+    num_virtual_tokens: int = Field(default=20, gt=0)
+
+
+class MethodConfig(_Section):
+    """How the weights are adapted."""
+
+    name: MethodName = Field(default="lora", description="full, lora, qlora, dora, prompt_tuning or prefix_tuning.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+
+
+class TrainConfig(_Section):
+    """Optimisation and bookkeeping for `tuneloop train`."""
+
+    epochs: float = Field(default=3, gt=0)
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(default=8, gt=0, description="Examples per device per micro-batch.")
+    grad_accum: int = Field(default=1, gt=0, description="Micro-batches per optimizer step.")
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="Peak learning rate; empty picks the method's default."
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="'auto': bf16/fp16 on GPU; bf16 autocast on CPUs that support it; else fp32."
+    )
+    gradient_checkpointing: bool = False
+    batching: Literal["auto", "padded", "packed", "length_grouped"] = Field(
+        default="auto", description="'auto' measures the data and picks the faster layout."
+    )
+    eval_every: int = Field(default=50, gt=0, description="Steps between validation passes.")
+    save_every: int = Field(default=100, gt=0, description="Steps between checkpoints.")
+    keep_last: int = Field(default=3, gt=0, description="Checkpoints kept (the best and newest are always kept).")
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="Stop after this many evaluations without improvement."
+    )
+    seed: int = 42
+
+
+class OutputConfig(_Section):
+    """Where runs are written."""
+
+    dir: str = Field(default="runs", description="Run folders go here, relative to the config file.")
+    run_name: str | None = Field(default=None, description="Prefix for run ids; default is the task type.")
+
+
+class ProjectConfig(_Section):
+    """The whole `tuneloop.yaml`."""
+
+    task: TaskConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    _root: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> ProjectConfig:
+        if self.train.learning_rate is None:
+            self.train.learning_rate = DEFAULT_LEARNING_RATE[self.method.name]
+        return self
+
+    @property
+    def root(self) -> Path:
+        """The folder holding the config file; relative paths in the config start here."""
+        return self._root
+
+    def path(self, relative: str | Path) -> Path:
+        """Resolve a path written in the config against the config's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self._root / p
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, defaults filled in."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    def save_resolved(self, run_dir: Path) -> Path:
+        """Write the resolved config into a run folder, so the run can be reproduced from it."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        out = run_dir / RESOLVED_FILENAME
+        out.write_text(self.to_yaml(), encoding="utf-8")
+        return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path = CONFIG_FILENAME, overrides: Sequence[str] = ()) -> ProjectConfig:
+    """Read, override and validate a project config; raise UserError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        hint = "run `tuneloop init DIR --task TYPE` to create one, or pass --config PATH"
+        raise UserError(f"config file {path} not found; {hint}")
+    text = path.read_text(encoding="utf-8")
+    data, lines = _parse_yaml(text, str(path))
+    problems: list[str] = []
+    origins: dict[tuple[str, ...], str] = {}
+    for item in overrides:
+        try:
+            key = _apply_override(data, item)
+        except ValueError as e:
+            problems.append(f"--set {item}: {e}")
+            continue
+        origins[key] = f"--set {item}"
+    try:
+        cfg = ProjectConfig.model_validate(data)
+    except ValidationError as e:
+        described = [_describe(err, str(path), lines, origins) for err in e.errors()]
+        problems += [text for _, text in sorted(described, key=lambda d: d[0])]
+        cfg = None
+    if problems:
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise UserError(f"{path}: {count} in the config:\n" + "\n".join(f"  {p}" for p in problems))
+    assert cfg is not None
+    cfg._root = path.resolve().parent
+    return cfg
+
+
+def _parse_yaml(text: str, name: str) -> tuple[dict, dict[tuple[str, ...], int]]:
+    """Parse YAML into a dict plus a map from key path to the line it is on."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
+        raise UserError(f"{where}: invalid YAML: {e.problem or e.context}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{name}: the config must be a mapping of sections (task:, model:, ...)")
+    lines: dict[tuple[str, ...], int] = {}
+    _collect_lines(node, (), lines)
+    return data, lines
+
+
+def _collect_lines(node: Any, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = (*prefix, str(i))
+            out[key] = item.start_mark.line + 1
+            _collect_lines(item, key, out)
+
+
+def _apply_override(data: dict, item: str) -> tuple[str, ...]:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (1e-4, true, [a, b])."""
+    if "=" not in item:
+        raise ValueError("expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
+    dotted, raw = item.split("=", 1)
+    keys = tuple(k.strip() for k in dotted.split("."))
+    if not all(keys):
+        raise ValueError(f"'{dotted}' is not a dotted key like train.learning_rate")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot parse value {raw!r}: {e}") from e
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{'.'.join(keys[: depth + 1])} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+    return keys
+
+
+def _describe(err: dict, name: str, lines: dict[tuple[str, ...], int], origins: dict) -> tuple[int, str]:
+    """(line, message) for one validation error: where, which key, what is wrong, what to do."""
+    line, text = 0, _explain(err, name, lines, origins)
+    loc = tuple(str(p) for p in err["loc"])
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines and loc not in origins:
+            line = lines[loc[:n]]
+            break
+    return line, text
+
+
+def _explain(err: dict, name: str, lines: dict[tuple[str, ...], int], origins: dict) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    # Pydantic adds the union member or validator name to the location; drop what is not a key.
+    loc = tuple(p for p in loc if not p.startswith(("literal[", "list[", "function-")))
+    dotted = ".".join(loc) or "(top level)"
+    where = origins.get(loc)
+    if where is None:
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in lines:
+                where = f"{name}:{lines[loc[:n]]}"
+                break
+        else:
+            where = name
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = _keys_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        parent = ".".join(loc[:-1])
+        prefix = f"{parent}." if parent else ""
+        if close:
+            return f"{where}: unknown key '{dotted}'; did you mean '{prefix}{close[0]}'?"
+        return f"{where}: unknown key '{dotted}'; valid keys here: {', '.join(valid)}"
+    if kind == "missing":
+        return f"{where}: '{dotted}' is required"
+    msg = err["msg"]
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
+        close = difflib.get_close_matches(str(err.get("input")), choices, n=1, cutoff=0.5)
+        if close:
+            msg += f" (did you mean '{close[0]}'?)"
+    msg = msg.removeprefix("Value error, ")
+    return f"{where}: {dotted}: {msg}"
+
+
+def _keys_at(loc: tuple[str, ...]) -> list[str]:
+    """The valid keys of the section at `loc`, found by walking the pydantic models."""
+    model: Any = ProjectConfig
+    for key in loc:
+        field = model.model_fields.get(key) if isinstance(model, type) else None
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _section_type(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None

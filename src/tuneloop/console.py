@@ -1,0 +1,24 @@
+"""One place for what tuneloop prints: results to stdout, notes and warnings to stderr."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+import sys
+
+# Piped output has no terminal width; 80 columns would truncate tables, so allow more.
+_WIDTH = None if sys.stdout.isatty() else 140
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """A progress note on stderr, so stdout stays clean for piping."""
+    err.print(f"[dim]{message}[/dim]", markup=True) if err.is_terminal else err.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; warnings are counted and never silent."""
+    err.print(f"[yellow]warning:[/yellow] {message}", markup=True) if err.is_terminal else err.print(
+        f"warning: {message}", markup=False
+    )
