@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tuneloop.errors import UserError
 
@@ -207,7 +215,9 @@ class PromptConfig(_Section):
 class MethodConfig(_Section):
     """How the weights are adapted."""
 
-    name: MethodName = Field(default="lora", description="full, lora, qlora, dora, prompt_tuning or prefix_tuning.")
+    name: MethodName = Field(
+        default="lora", description="full, lora, qlora, dora, prompt_tuning or prefix_tuning."
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
@@ -228,7 +238,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", description="'auto': bf16/fp16 on GPU; bf16 autocast on CPUs that support it; else fp32."
+        default="auto",
+        description="'auto': bf16/fp16 on GPU; bf16 autocast on CPUs that support it; else fp32.",
     )
     gradient_checkpointing: bool = False
     batching: Literal["auto", "padded", "packed", "length_grouped"] = Field(
@@ -236,7 +247,9 @@ class TrainConfig(_Section):
     )
     eval_every: int = Field(default=50, gt=0, description="Steps between validation passes.")
     save_every: int = Field(default=100, gt=0, description="Steps between checkpoints.")
-    keep_last: int = Field(default=3, gt=0, description="Checkpoints kept (the best and newest are always kept).")
+    keep_last: int = Field(
+        default=3, gt=0, description="Checkpoints kept (the best and newest are always kept)."
+    )
     early_stopping_patience: int | None = Field(
         default=None, gt=0, description="Stop after this many evaluations without improvement."
     )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-
 import sys
+
+from rich.console import Console
 
 # Piped output has no terminal width; 80 columns would truncate tables, so allow more.
 _WIDTH = None if sys.stdout.isatty() else 140

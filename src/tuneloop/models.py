@@ -95,8 +95,8 @@ def resolve(name: str, revision: str | None = None) -> Path:
     close = [n for n in EMBEDDED if n.split("-")[0] in name.lower()]
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise UserError(
-        f"model '{name}' is not an embedded model, an existing folder, a .gguf file or a hub id (org/name).{hint} "
-        f"Run `tuneloop models` to see what is available."
+        f"model '{name}' is not an embedded model, an existing folder, a .gguf file "
+        f"or a hub id (org/name).{hint} Run `tuneloop models` to see what is available."
     )
 
 
@@ -124,15 +124,17 @@ def _installed_file(spec: Embedded) -> Path:
         dist = importlib.metadata.distribution(spec.distribution)
     except importlib.metadata.PackageNotFoundError:
         raise UserError(
-            f"the embedded model '{spec.name}' ships in the package {spec.distribution}, which is not installed; "
-            f"run: {install}"
+            f"the embedded model '{spec.name}' ships in the package {spec.distribution}, "
+            f"which is not installed; run: {install}"
         ) from None
     for f in dist.files or []:
         if str(f).replace("\\", "/").endswith(spec.file_suffix):
             located = Path(str(dist.locate_file(f)))
             if located.exists():
                 return located
-    raise UserError(f"package {spec.distribution} is installed but has no *{spec.file_suffix}; reinstall: {install}")
+    raise UserError(
+        f"package {spec.distribution} is installed but has no *{spec.file_suffix}; reinstall: {install}"
+    )
 
 
 def _resolve_embedded(spec: Embedded) -> Path:
@@ -153,7 +155,16 @@ def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     # Never fetch pickled weights: the allow-list keeps *.bin / *.pt / *.pth off the disk.
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "README.md", "LICENSE*"]
+    patterns = [
+        "*.json",
+        "*.safetensors",
+        "*.model",
+        "*.txt",
+        "*.jinja",
+        "*.tiktoken",
+        "README.md",
+        "LICENSE*",
+    ]
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError:
@@ -238,7 +249,9 @@ def convert_gguf(gguf_path: Path, dest: Path, eos_token: str | None = None) -> P
         del loaded
         if eos_token is not None:
             if eos_token not in tokenizer.get_vocab():
-                raise UserError(f"{gguf_path}: expected end-of-turn token {eos_token} is not in the vocabulary")
+                raise UserError(
+                    f"{gguf_path}: expected end-of-turn token {eos_token} is not in the vocabulary"
+                )
             tokenizer.eos_token = eos_token
         eos_id = tokenizer.eos_token_id
         model.config.eos_token_id = eos_id
@@ -298,7 +311,9 @@ def licence_warning(licence: str) -> str | None:
     if any(tag in lic for tag in _NON_COMMERCIAL):
         return f"licence '{licence}' forbids or limits commercial use"
     if any(lic.startswith(tag) or tag in lic for tag in _USE_RESTRICTED):
-        return f"licence '{licence}' has its own terms (use policy, user caps); read them before commercial use"
+        return (
+            f"licence '{licence}' has its own terms (use policy, user caps); read them before commercial use"
+        )
     return None
 
 
@@ -330,7 +345,9 @@ def _describe_embedded(spec: Embedded) -> ModelInfo:
     try:
         found = _installed_file(spec)
     except UserError as e:
-        return ModelInfo(spec.name, spec.kind, "not installed", description=spec.description, warnings=[str(e)])
+        return ModelInfo(
+            spec.name, spec.kind, "not installed", description=spec.description, warnings=[str(e)]
+        )
     if spec.kind == "encoder":
         return _describe_folder(spec.name, found.parent, spec.kind, "installed", spec.description)
     cached = cache_dir() / "models" / f"{spec.name}-{importlib.metadata.version(spec.distribution)}"
@@ -479,5 +496,16 @@ def load_causal_lm(
         )
     finally:
         hf_logging.enable_progress_bar()
+    model.eval()
+    return model, tokenizer
+
+
+def load_encoder(name: str = DEFAULT_ENCODER, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Resolve `name` and load (encoder model, tokenizer) from safetensors, in eval mode."""
+    from transformers import AutoModel
+
+    path = resolve(name)
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    model = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
     model.eval()
     return model, tokenizer

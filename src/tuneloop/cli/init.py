@@ -36,8 +36,12 @@ def init(
     objective: Annotated[
         str | None, typer.Option(help="What the model should get better at, in words (default: an example).")
     ] = None,
-    model: Annotated[str, typer.Option(help="Base model name, folder, .gguf file or hub id.")] = DEFAULT_MODEL,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist and differ.")] = False,
+    model: Annotated[
+        str, typer.Option(help="Base model name, folder, .gguf file or hub id.")
+    ] = DEFAULT_MODEL,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files that already exist and differ.")
+    ] = False,
 ) -> None:
     """Create tuneloop.yaml, a small sample data file for the task type, and a README with the next step."""
     from tuneloop import console

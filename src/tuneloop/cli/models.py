@@ -20,8 +20,10 @@ def _human(n: int | None, unit: str = "") -> str:
 def models(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="Models to describe: embedded names, folders, .gguf files or hub ids. "
-                       "Default: the embedded models and the hub cache."),
+        typer.Argument(
+            help="Models to describe: embedded names, folders, .gguf files or hub ids. "
+            "Default: the embedded models and the hub cache."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -42,7 +44,13 @@ def models(
         table.add_column(col)
     for i in infos:
         table.add_row(
-            i.name, i.kind, i.status, _human(i.parameters), _human(i.size_bytes, "B"), i.architecture, i.licence
+            i.name,
+            i.kind,
+            i.status,
+            _human(i.parameters),
+            _human(i.size_bytes, "B"),
+            i.architecture,
+            i.licence,
         )
     console.out.print(table)
     for i in infos:
