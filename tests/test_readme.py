@@ -63,5 +63,6 @@ def test_readme_command_one_on_a_fresh_copy(tmp_path: Path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "demo/tuneloop.yaml").is_file()
-    reply = result.stdout.strip().splitlines()[-1]
-    assert len(reply.split()) >= 3, f"expected a generated reply, got {result.stdout[-500:]!r}"
+    # stdout is init's two lines, then the reply
+    reply = result.stdout.split("\nnext: ", 1)[1].split("\n", 1)[1]
+    assert len(reply.split()) >= 5, f"expected a generated reply, got {result.stdout[-500:]!r}"
