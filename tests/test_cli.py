@@ -71,9 +71,7 @@ def test_init_unknown_task_type(cli, tmp_path: Path):
 
 
 def test_config_show_applies_overrides(cli, project: Path):
-    result = cli(
-        "config", "show", "-c", project / "tuneloop.yaml", "--set", "train.epochs=1", "-s", "method.name=full"
-    )
+    result = cli("config", "show", "-c", project / "tuneloop.yaml", "--set", "train.epochs=1", "-s", "method.name=full")
     resolved = yaml.safe_load(result.out)
     assert resolved["train"]["epochs"] == 1
     assert resolved["train"]["learning_rate"] == 2e-5
@@ -115,9 +113,7 @@ def test_generate_with_a_local_model(cli, tiny_llama: Path):
 
 
 def test_generate_uses_the_config_model(cli, tmp_path: Path, tiny_llama: Path):
-    (tmp_path / "tuneloop.yaml").write_text(
-        f"task: {{objective: x, type: chat}}\nmodel: {{name: '{tiny_llama}'}}\n"
-    )
+    (tmp_path / "tuneloop.yaml").write_text(f"task: {{objective: x, type: chat}}\nmodel: {{name: '{tiny_llama}'}}\n")
     result = cli("generate", "-c", tmp_path / "tuneloop.yaml", "--max-new-tokens", "2", "hi")
     assert result.code == 0, result.err
     assert f"loading {tiny_llama}" in result.err

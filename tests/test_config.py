@@ -29,9 +29,7 @@ def test_minimal_config_fills_defaults(project: Path):
     assert (cfg.data.split.train, cfg.data.split.val, cfg.data.split.test) == (0.8, 0.1, 0.1)
 
 
-@pytest.mark.parametrize(
-    ("method", "lr"), [("full", 2e-5), ("lora", 2e-4), ("qlora", 2e-4), ("prompt_tuning", 3e-2)]
-)
+@pytest.mark.parametrize(("method", "lr"), [("full", 2e-5), ("lora", 2e-4), ("qlora", 2e-4), ("prompt_tuning", 3e-2)])
 def test_learning_rate_default_follows_method(project: Path, method: str, lr: float):
     cfg = config.load(project / "tuneloop.yaml", [f"method.name={method}"])
     assert cfg.train.learning_rate == lr
@@ -129,9 +127,7 @@ def test_paths_resolve_against_config_folder(project: Path):
 
 
 def test_resolved_config_round_trips(project: Path, tmp_path: Path):
-    cfg = config.load(
-        project / "tuneloop.yaml", ["train.epochs=2", "method.lora.target_modules=[q_proj, v_proj]"]
-    )
+    cfg = config.load(project / "tuneloop.yaml", ["train.epochs=2", "method.lora.target_modules=[q_proj, v_proj]"])
     out = cfg.save_resolved(tmp_path / "run")
     assert out.name == "config.resolved.yaml"
     again = config.load(out)

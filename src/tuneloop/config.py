@@ -88,6 +88,11 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {
 _USER_METRIC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+def _yaml_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` as false; where 'off' is a choice, take it back."""
+    return "off" if value is False else value
+
+
 class _Section(BaseModel):
     """Base for every section: unknown keys are errors, assignments are validated."""
 
@@ -121,9 +126,7 @@ class TaskConfig(_Section):
             for m in bad:
                 close = difflib.get_close_matches(m, METRICS, n=1)
                 hints.append(f"'{m}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise ValueError(
-                f"unknown metric {', '.join(hints)}; known: {', '.join(METRICS)}, or 'module:function'"
-            )
+            raise ValueError(f"unknown metric {', '.join(hints)}; known: {', '.join(METRICS)}, or 'module:function'")
         return metrics
 
     @model_validator(mode="after")
@@ -165,6 +168,50 @@ class SplitConfig(_Section):
         return self
 
 
+class CleanConfig(_Section):
+    """Text cleaning steps; each can be switched off."""
+
+    html: bool = Field(default=True, description="Strip HTML tags, scripts and styles; decode entities.")
+    unicode: bool = Field(default=True, description="Normalise Unicode to NFC.")
+    control: bool = Field(default=True, description="Remove control and invisible format characters.")
+    whitespace: bool = Field(default=True, description="Fold runs of spaces and blank lines; trim.")
+
+
+PII_TYPES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET")
+
+
+class PiiConfig(_Section):
+    """Personal data and secrets in the training text."""
+
+    mode: Literal["redact", "detect", "off"] = Field(
+        default="redact",
+        description="'redact' replaces each with a typed placeholder like [EMAIL]; 'detect' only counts.",
+    )
+    types: list[Literal[PII_TYPES]] = Field(default_factory=lambda: list(PII_TYPES))  # type: ignore[valid-type]
+
+    _off = field_validator("mode", mode="before")(lambda v: _yaml_off(v))
+
+
+class DedupConfig(_Section):
+    """Duplicate removal."""
+
+    exact: bool = Field(default=True, description="Drop exact duplicates (after lowercasing and removing punctuation).")
+    near: Literal["drop", "group", "off"] = Field(
+        default="drop",
+        description="Near duplicates (MinHash LSH): 'drop' them, or 'group' them so a cluster stays in one split.",
+    )
+    threshold: float = Field(default=0.85, ge=0.5, le=1.0, description="Jaccard similarity that counts as near.")
+
+    _off = field_validator("near", mode="before")(lambda v: _yaml_off(v))
+
+
+class MixConfig(_Section):
+    """General-purpose data mixed into train to keep general ability (replay)."""
+
+    path: str = Field(description="File or folder of general data, in any supported format.")
+    fraction: float = Field(gt=0, le=1, description="Rows to add, as a fraction of the train split.")
+
+
 class DataConfig(_Section):
     """Where the data is and how to shape it."""
 
@@ -175,9 +222,20 @@ class DataConfig(_Section):
     val: list[str] = Field(default_factory=list, description="Your own validation split, if you have one.")
     test: list[str] = Field(default_factory=list, description="Your own test split, if you have one.")
     format: DataFormat = Field(default="auto", description="Record format; 'auto' detects it from the rows.")
+    labels: list[str] = Field(
+        default_factory=list, description="Classification: the allowed labels (empty: whatever the data has)."
+    )
     max_length: int = Field(default=1024, gt=0, description="Longest example in tokens, after the template.")
+    long: Literal["drop", "truncate", "error"] = Field(
+        default="drop", description="Examples over max_length: drop and count them, truncate them, or fail."
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = 42
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    mix: list[MixConfig] = Field(default_factory=list, description="Replay data mixed into train only.")
+    prepared_dir: str = Field(default="data/prepared", description="Where `tuneloop data prepare` writes.")
 
     @field_validator("train", "val", "test", mode="before")
     @classmethod
@@ -215,9 +273,7 @@ class PromptConfig(_Section):
 class MethodConfig(_Section):
     """How the weights are adapted."""
 
-    name: MethodName = Field(
-        default="lora", description="full, lora, qlora, dora, prompt_tuning or prefix_tuning."
-    )
+    name: MethodName = Field(default="lora", description="full, lora, qlora, dora, prompt_tuning or prefix_tuning.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
@@ -247,9 +303,7 @@ class TrainConfig(_Section):
     )
     eval_every: int = Field(default=50, gt=0, description="Steps between validation passes.")
     save_every: int = Field(default=100, gt=0, description="Steps between checkpoints.")
-    keep_last: int = Field(
-        default=3, gt=0, description="Checkpoints kept (the best and newest are always kept)."
-    )
+    keep_last: int = Field(default=3, gt=0, description="Checkpoints kept (the best and newest are always kept).")
     early_stopping_patience: int | None = Field(
         default=None, gt=0, description="Stop after this many evaluations without improvement."
     )

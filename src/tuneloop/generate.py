@@ -24,9 +24,7 @@ def chat_reply(
         from tuneloop.errors import UserError
 
         raise UserError("this model's tokenizer has no chat template; pick an instruct/chat model")
-    encoded = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     input_ids = encoded["input_ids"].to(model.device)
     torch.manual_seed(seed)
     sampling = temperature > 0

@@ -132,9 +132,7 @@ def _installed_file(spec: Embedded) -> Path:
             located = Path(str(dist.locate_file(f)))
             if located.exists():
                 return located
-    raise UserError(
-        f"package {spec.distribution} is installed but has no *{spec.file_suffix}; reinstall: {install}"
-    )
+    raise UserError(f"package {spec.distribution} is installed but has no *{spec.file_suffix}; reinstall: {install}")
 
 
 def _resolve_embedded(spec: Embedded) -> Path:
@@ -249,9 +247,7 @@ def convert_gguf(gguf_path: Path, dest: Path, eos_token: str | None = None) -> P
         del loaded
         if eos_token is not None:
             if eos_token not in tokenizer.get_vocab():
-                raise UserError(
-                    f"{gguf_path}: expected end-of-turn token {eos_token} is not in the vocabulary"
-                )
+                raise UserError(f"{gguf_path}: expected end-of-turn token {eos_token} is not in the vocabulary")
             tokenizer.eos_token = eos_token
         eos_id = tokenizer.eos_token_id
         model.config.eos_token_id = eos_id
@@ -311,9 +307,7 @@ def licence_warning(licence: str) -> str | None:
     if any(tag in lic for tag in _NON_COMMERCIAL):
         return f"licence '{licence}' forbids or limits commercial use"
     if any(lic.startswith(tag) or tag in lic for tag in _USE_RESTRICTED):
-        return (
-            f"licence '{licence}' has its own terms (use policy, user caps); read them before commercial use"
-        )
+        return f"licence '{licence}' has its own terms (use policy, user caps); read them before commercial use"
     return None
 
 
@@ -345,9 +339,7 @@ def _describe_embedded(spec: Embedded) -> ModelInfo:
     try:
         found = _installed_file(spec)
     except UserError as e:
-        return ModelInfo(
-            spec.name, spec.kind, "not installed", description=spec.description, warnings=[str(e)]
-        )
+        return ModelInfo(spec.name, spec.kind, "not installed", description=spec.description, warnings=[str(e)])
     if spec.kind == "encoder":
         return _describe_folder(spec.name, found.parent, spec.kind, "installed", spec.description)
     cached = cache_dir() / "models" / f"{spec.name}-{importlib.metadata.version(spec.distribution)}"

@@ -9,6 +9,7 @@ import typer
 
 from tuneloop import __version__
 from tuneloop.cli import config as config_cmd
+from tuneloop.cli import data as data_cmd
 from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
@@ -45,6 +46,7 @@ def _root(
 
 app.command("init")(init_cmd.init)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
 app.command("models")(models_cmd.models)
 app.command("generate")(generate_cmd.generate)
 

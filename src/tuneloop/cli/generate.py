@@ -17,15 +17,11 @@ def generate(
     overrides: SetOption = None,
     model: Annotated[
         str | None,
-        typer.Option(
-            "--model", "-m", help="Model to use instead of the config's model.name (skips the config)."
-        ),
+        typer.Option("--model", "-m", help="Model to use instead of the config's model.name (skips the config)."),
     ] = None,
     system: Annotated[str | None, typer.Option(help="A system message to put first.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply, in tokens.")] = 128,
-    temperature: Annotated[
-        float, typer.Option(min=0.0, help="0 is greedy (reproducible); >0 samples.")
-    ] = 0.0,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy (reproducible); >0 samples.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
 ) -> None:
     """Generate a reply with the project's model (or --model) through its chat template."""
@@ -41,9 +37,7 @@ def generate(
         trust, revision = cfg.model.trust_remote_code, cfg.model.revision
     console.note(f"loading {name}")
     lm, tokenizer = load_causal_lm(name, dtype=dtype, trust_remote_code=trust, revision=revision)
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt}
-    ]
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     reply, stopped = chat_reply(lm, tokenizer, messages, max_new_tokens, temperature, seed)
     print(reply)
     if not stopped:

@@ -29,19 +29,13 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Folder for the new project (created if missing).")],
     task: Annotated[
         str,
-        typer.Option(
-            "--task", "-t", help=f"Task type: {', '.join(get_args(config.TaskType))}.", show_default=True
-        ),
+        typer.Option("--task", "-t", help=f"Task type: {', '.join(get_args(config.TaskType))}.", show_default=True),
     ] = "chat",
     objective: Annotated[
         str | None, typer.Option(help="What the model should get better at, in words (default: an example).")
     ] = None,
-    model: Annotated[
-        str, typer.Option(help="Base model name, folder, .gguf file or hub id.")
-    ] = DEFAULT_MODEL,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite files that already exist and differ.")
-    ] = False,
+    model: Annotated[str, typer.Option(help="Base model name, folder, .gguf file or hub id.")] = DEFAULT_MODEL,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist and differ.")] = False,
 ) -> None:
     """Create tuneloop.yaml, a small sample data file for the task type, and a README with the next step."""
     from tuneloop import console

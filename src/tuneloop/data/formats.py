@@ -1,0 +1,483 @@
+"""Read records from JSONL / JSON / CSV / Parquet files and turn each into one canonical `Example`.
+
+Every record either becomes an Example or a `Reject` carrying its `file:line`, the reason and the
+record exactly as it was. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.errors import UserError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+# Each format: the keys that identify it, in detection priority (most specific first).
+FORMAT_KEYS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "ranked": ("prompt", "responses", "ranking"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "classification": ("text", "label"),
+    "text": ("text",),
+}
+KIND_OF_FORMAT = {
+    "messages": "chat",
+    "sharegpt": "chat",
+    "alpaca": "chat",
+    "prompt_completion": "chat",
+    "text": "text",
+    "classification": "classification",
+    "preference": "preference",
+    "ranked": "ranked",
+}
+DETECT_SAMPLE = 1000  # rows read to detect a file's format
+MAJORITY = 0.5  # the winning shape must cover more than this share of the sample
+
+
+class RowError(ValueError):
+    """A record that cannot become an Example; the message is the reject reason."""
+
+
+@dataclass
+class Example:
+    """The one example type inside tuneloop, whatever the input format.
+
+    kind "chat": `messages` is the whole conversation. "text": `text`, all of it trained.
+    "classification": `text` + `label`. "preference": `messages` is the prompt, plus `chosen` /
+    `rejected`. "ranked": `messages` is the prompt, plus `responses` ordered by `ranking`.
+    """
+
+    id: str
+    kind: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    text: str | None = None
+    label: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    responses: list[str] | None = None
+    ranking: list[int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Example:
+        return cls(**row)
+
+    def map_text(self, fn: Callable[[str], str]) -> bool:
+        """Apply `fn` to every natural-language field in place; return whether anything changed."""
+        changed = False
+
+        def apply(value: str) -> str:
+            nonlocal changed
+            new = fn(value)
+            changed |= new != value
+            return new
+
+        for m in self.messages:
+            m["content"] = apply(m["content"])
+        for name in ("text", "chosen", "rejected"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, apply(value))
+        if self.responses is not None:
+            self.responses = [apply(r) for r in self.responses]
+        return changed
+
+    def dedup_text(self) -> str:
+        """The text that identifies this example for duplicate detection."""
+        parts = [f"{m['role']}: {m['content']}" for m in self.messages]
+        parts += [v for v in (self.text, self.chosen, self.rejected) if v is not None]
+        parts += self.responses or []
+        return "\n".join(parts)
+
+
+@dataclass
+class Reject:
+    """A record that left the pipeline: where it was, why, and what it was."""
+
+    source: str
+    line: int
+    reason: str
+    stage: str = "validate"
+    raw: str | None = None
+    raw_base64: str | None = None  # for bytes that are not valid UTF-8
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class RawRow:
+    source: str
+    line: int
+    raw: str | bytes
+    value: Any = None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def list_files(paths: list[Path]) -> list[Path]:
+    """Expand folders into their data files (sorted, recursive); refuse unknown file types."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            if not found:
+                raise UserError(f"folder {path} has no {', '.join(SUFFIXES)} files")
+            files += found
+        elif path.is_file():
+            if path.suffix.lower() not in SUFFIXES:
+                raise UserError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+            files.append(path)
+        else:
+            raise UserError(f"data file {path} does not exist")
+    return files
+
+
+def read_rows(path: Path, name: str) -> Iterator[RawRow]:
+    """Yield every record of a file with its line number, streaming where the format allows."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _read_jsonl(path, name)
+    elif suffix == ".json":
+        yield from _read_json(path, name)
+    elif suffix == ".csv":
+        yield from _read_csv(path, name)
+    elif suffix == ".parquet":
+        yield from _read_parquet(path, name)
+    else:
+        raise UserError(f"{path}: unsupported file type")
+
+
+def _read_jsonl(path: Path, name: str) -> Iterator[RawRow]:
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            stripped = raw.strip()
+            if not stripped:
+                continue
+            try:
+                text = stripped.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield RawRow(name, number, stripped, error=f"invalid UTF-8 at byte {e.start}")
+                continue
+            try:
+                yield RawRow(name, number, text, value=json.loads(text))
+            except json.JSONDecodeError as e:
+                yield RawRow(name, number, text, error=f"invalid JSON: {e.msg} at column {e.colno}")
+
+
+def _read_json(path: Path, name: str) -> Iterator[RawRow]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: invalid UTF-8 at byte {e.start}; fix the file or export it as JSONL") from None
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if pos >= len(text) or text[pos] != "[":
+        raise UserError(f"{path}: expected a JSON array of records; for one record per line, use .jsonl")
+    pos, line = pos + 1, 1 + text.count("\n", 0, pos + 1)
+    while True:
+        start = _skip_ws(text, pos)
+        line += text.count("\n", pos, start)
+        if start < len(text) and text[start] == "]":
+            return
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}; the array cannot be read past it") from None
+        yield RawRow(name, line, text[start:end], value=value)
+        line += text.count("\n", start, end)
+        pos = _skip_ws(text, end)
+        line += text.count("\n", end, pos)
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        elif pos < len(text) and text[pos] == "]":
+            return
+        else:
+            raise UserError(f"{path}:{line}: invalid JSON: expected ',' or ']' after a record")
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+# Columns that hold lists; in a CSV they arrive as JSON strings.
+_LIST_FIELDS = (
+    "messages",
+    "conversations",
+    "responses",
+    "ranking",
+    "prompt",
+    "chosen",
+    "rejected",
+    "completion",
+)
+
+
+def _read_csv(path: Path, name: str) -> Iterator[RawRow]:
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        previous = reader.line_num  # quoted cells may span lines, so track where each row starts
+        for row in reader:
+            start, previous = previous + 1, reader.line_num
+            cells = [v for v in row.values() if isinstance(v, str)] + list(row.get(None) or [])
+            raw = ",".join(cells)
+            if None in row or None in row.values():
+                yield RawRow(name, start, raw, error=f"has {len(cells)} cells, the header has {len(header)}")
+                continue
+            if any(_has_surrogate(v) for v in cells):
+                yield RawRow(name, start, raw.encode("utf-8", "surrogateescape"), error="invalid UTF-8")
+                continue
+            value: dict[str, Any] = dict(row)
+            error = None
+            for key in _LIST_FIELDS:
+                cell = value.get(key)
+                if isinstance(cell, str) and cell.lstrip().startswith("["):
+                    try:
+                        value[key] = json.loads(cell)
+                    except json.JSONDecodeError as e:
+                        error = f"column {key}: invalid JSON: {e.msg}"
+                        break
+            yield RawRow(name, start, raw, value=None if error else value, error=error)
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _read_parquet(path: Path, name: str) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=2048):
+        for row in batch.to_pylist():
+            number += 1
+            yield RawRow(name, number, json.dumps(row, ensure_ascii=False, default=str), value=row)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def shape_of(value: Any) -> str:
+    """The format a single record looks like, or 'other' (the report shows the keys)."""
+    if not isinstance(value, dict):
+        return "other"
+    for fmt, keys in FORMAT_KEYS.items():
+        if all(k in value for k in keys):
+            return fmt
+    return "other"
+
+
+def detect_format(rows: list[RawRow], source: str) -> str:
+    """The format that holds a clear majority of the sampled rows, or a UserError with the counts."""
+    shapes = Counter(shape_of(r.value) for r in rows if r.error is None)
+    if not shapes:
+        raise UserError(f"{source}: no readable records to detect the format from")
+    fmt, count = shapes.most_common(1)[0]
+    total = sum(shapes.values())
+    if fmt == "other" or count <= MAJORITY * total:
+        counts = ", ".join(f"{n} {s}" for s, n in shapes.most_common())
+        raise UserError(
+            f"{source}: no format holds a clear majority of the first {total} records ({counts}); "
+            "make the records uniform, or set data.format"
+        )
+    return fmt
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def to_example(value: Any, fmt: str, example_id: str, labels: frozenset[str] | None = None) -> Example:
+    """Convert one parsed record of format `fmt` into an Example, or raise RowError with the reason."""
+    if not isinstance(value, dict):
+        raise RowError(f"record is a {type(value).__name__}, expected an object with {_keys(fmt)}")
+    missing = [k for k in FORMAT_KEYS[fmt] if k not in value]
+    if missing:
+        have = "{" + ", ".join(sorted(value)) + "}"
+        raise RowError(f"row has keys {have}, expected {_keys(fmt)}")
+    kind = KIND_OF_FORMAT[fmt]
+    if fmt == "messages":
+        return Example(example_id, kind, messages=_check_chat(_messages(value["messages"], "messages")))
+    if fmt == "sharegpt":
+        return Example(example_id, kind, messages=_check_chat(_sharegpt(value["conversations"])))
+    if fmt == "alpaca":
+        instruction = _text(value, "instruction")
+        extra = value.get("input")
+        if extra is not None and not isinstance(extra, str):
+            raise RowError(f"field 'input' is a {type(extra).__name__}, expected a string")
+        user = instruction + (f"\n\n{extra.strip()}" if extra and extra.strip() else "")
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(value, "output")}]
+        if value.get("system"):
+            msgs.insert(0, {"role": "system", "content": _text(value, "system")})
+        return Example(example_id, kind, messages=msgs)
+    if fmt == "prompt_completion":
+        prompt = _prompt(value["prompt"])
+        completion = value["completion"]
+        if isinstance(completion, list):
+            completion = _messages(completion, "completion")
+        else:
+            completion = [{"role": "assistant", "content": _text(value, "completion")}]
+        return Example(example_id, kind, messages=_check_chat(prompt + completion))
+    if fmt == "text":
+        return Example(example_id, kind, text=_text(value, "text"))
+    if fmt == "classification":
+        label = value["label"]
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise RowError(f"label is a {type(label).__name__}, expected a string or integer")
+        label = str(label).strip()
+        if not label:
+            raise RowError("field 'label' is empty")
+        if labels is not None and label not in labels:
+            raise RowError(f"unknown label '{label}'; known labels: {', '.join(sorted(labels))}")
+        return Example(example_id, kind, text=_text(value, "text"), label=label)
+    if fmt == "preference":
+        prompt = _prompt(value["prompt"])
+        if prompt[-1]["role"] != "user":
+            raise RowError("the prompt must end with a user turn")
+        return Example(
+            example_id,
+            kind,
+            messages=prompt,
+            chosen=_answer(value, "chosen"),
+            rejected=_answer(value, "rejected"),
+        )
+    if fmt == "ranked":
+        prompt = _prompt(value["prompt"])
+        responses = value["responses"]
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise RowError("field 'responses' must be a list of at least 2 strings")
+        texts = [_text({"responses": r}, "responses") for r in responses]
+        ranking = value["ranking"]
+        ok = isinstance(ranking, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ranking)
+        if not ok or sorted(ranking) != list(range(len(texts))):
+            raise RowError(
+                f"field 'ranking' must list each response index 0..{len(texts) - 1} once, best first; got {ranking!r}"
+            )
+        return Example(example_id, kind, messages=prompt, responses=texts, ranking=ranking)
+    raise RowError(f"unknown format {fmt}")
+
+
+def _keys(fmt: str) -> str:
+    return ", ".join(FORMAT_KEYS[fmt])
+
+
+def _text(value: dict, key: str) -> str:
+    text = value.get(key)
+    if text is None:
+        raise RowError(f"field '{key}' is missing")
+    if not isinstance(text, str):
+        raise RowError(f"field '{key}' is a {type(text).__name__}, expected a string")
+    if not text.strip():
+        raise RowError(f"field '{key}' is empty")
+    return text
+
+
+def _answer(value: dict, key: str) -> str:
+    """A preference answer: a string, or a one-message assistant list as TRL writes it."""
+    answer = value[key]
+    if isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], dict):
+        answer = answer[0].get("content")
+    return _text({key: answer}, key)
+
+
+def _prompt(prompt: Any) -> list[dict[str, Any]]:
+    if isinstance(prompt, list):
+        return _messages(prompt, "prompt")
+    return [{"role": "user", "content": _text({"prompt": prompt}, "prompt")}]
+
+
+def _messages(messages: Any, key: str) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise RowError(f"field '{key}' must be a non-empty list of {{role, content}} objects")
+    out = []
+    for i, m in enumerate(messages, 1):
+        if not isinstance(m, dict):
+            raise RowError(f"{key}[{i}] is a {type(m).__name__}, expected an object with role and content")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise RowError(f"{key}[{i}] has role {role!r}; expected one of {', '.join(ROLES)}")
+        if content is None:
+            raise RowError(f"{key}[{i}] has no content")
+        if not isinstance(content, str):
+            raise RowError(f"{key}[{i}] content is a {type(content).__name__}, expected a string")
+        if not content.strip():
+            raise RowError(f"{key}[{i}] ({role}) has empty content")
+        msg: dict[str, Any] = {"role": role, "content": content}
+        if "weight" in m:
+            weight = m["weight"]
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise RowError(f"{key}[{i}] weight {weight!r} is not a number")
+            if weight < 0:
+                raise RowError(f"{key}[{i}] weight {weight} is negative")
+            if role != "assistant":
+                raise RowError(f"{key}[{i}] has a weight but only assistant messages are trained")
+            msg["weight"] = float(weight)
+        out.append(msg)
+    return out
+
+
+def _sharegpt(turns: Any) -> list[dict[str, Any]]:
+    if not isinstance(turns, list) or not turns:
+        raise RowError("field 'conversations' must be a non-empty list of {from, value} objects")
+    converted = []
+    for i, t in enumerate(turns, 1):
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise RowError(f"conversations[{i}] must be an object with 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(str(t["from"]).lower())
+        if role is None:
+            raise RowError(f"conversations[{i}] is from {t['from']!r}; expected one of {', '.join(SHAREGPT_ROLES)}")
+        converted.append({"role": role, "content": t["value"]})
+    return _messages(converted, "conversations")
+
+
+def _check_chat(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Roles must be: optional system, then user/assistant alternating, ending with the assistant."""
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    for i, m in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            position = i + 1 + (len(messages) - len(turns))
+            raise RowError(f"message {position} is from {m['role']}, expected {expected} (roles must alternate)")
+    if not any(m["role"] == "assistant" for m in turns):
+        raise RowError("no assistant turn: nothing to train on")
+    if turns[-1]["role"] != "assistant":
+        raise RowError("the last message is from the user; the conversation must end with the assistant")
+    return messages
+
+
+def reject_from(row: RawRow, reason: str, stage: str = "validate") -> Reject:
+    """A Reject that keeps the original record exactly as it was read."""
+    if isinstance(row.raw, bytes):
+        return Reject(row.source, row.line, reason, stage, raw_base64=base64.b64encode(row.raw).decode())
+    return Reject(row.source, row.line, reason, stage, raw=row.raw)
