@@ -80,7 +80,13 @@ def test_other_formats():
             "messages[1] content is a list, expected a string",
         ),
         (
-            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}]},
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "q2"},
+                ]
+            },
             "messages",
             "the last message is from the user",
         ),
@@ -113,7 +119,7 @@ def test_json_array_line_numbers(tmp_path: Path):
 def test_csv_multiline_cells_and_json_columns(tmp_path: Path):
     path = tmp_path / "d.csv"
     messages = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]).replace('"', '""')
-    path.write_text(f'text,label\n"two\nlines",billing\nshort\nthird,account\n"x",y\n', encoding="utf-8")
+    path.write_text('text,label\n"two\nlines",billing\nshort\nthird,account\n"x",y\n', encoding="utf-8")
     rows = list(read_rows(path, "d.csv"))
     assert [r.line for r in rows] == [2, 4, 5, 6]
     assert rows[0].value == {"text": "two\nlines", "label": "billing"}

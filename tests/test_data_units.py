@@ -30,9 +30,9 @@ def test_split_is_stratified_grouped_and_seeded():
     assert splits == assign_splits(groups, labels, fractions, seed=1)
     assert splits != assign_splits(groups, labels, fractions, seed=2)
     for g in set(groups):
-        assert len({s for s, gg in zip(splits, groups) if gg == g}) == 1
+        assert len({s for s, gg in zip(splits, groups, strict=True) if gg == g}) == 1
     for label, n in (("a", 50), ("b", 30)):
-        counts = Counter(s for s, lab in zip(splits, labels) if lab == label)
+        counts = Counter(s for s, lab in zip(splits, labels, strict=True) if lab == label)
         assert abs(counts["train"] - 0.8 * n) <= 2 and abs(counts["test"] - 0.1 * n) <= 2
 
 

@@ -15,7 +15,10 @@ def qa(i: int, q: str | None = None, a: str | None = None) -> dict:
     return {
         "messages": [
             {"role": "user", "content": q or f"Question number {i}: how do I configure feature {i} on plan {i % 7}?"},
-            {"role": "assistant", "content": a or f"Open settings, choose feature {i}, and save. Plan {i % 7} includes it."},
+            {
+                "role": "assistant",
+                "content": a or f"Open settings, choose feature {i}, and save. Plan {i % 7} includes it.",
+            },
         ]
     }
 
@@ -104,7 +107,11 @@ def test_near_duplicate_groups_never_straddle_splits(tmp_path: Path, tiny_llama:
 def test_near_duplicates_are_dropped_with_their_cluster(tmp_path: Path, tiny_llama: Path):
     text = "the desktop application crashes immediately after the latest update on windows eleven laptops"
     answer = "Reinstall the app from the downloads page; your files are safe in the cloud."
-    rows = [qa(0, q=text, a=answer), qa(1, q=text + " please", a=answer), qa(2, q="a different question about invoices")]
+    rows = [
+        qa(0, q=text, a=answer),
+        qa(1, q=text + " please", a=answer),
+        qa(2, q="a different question about invoices"),
+    ]
     path = make_project(tmp_path, tiny_llama, rows, {"dedup": {"threshold": 0.8}})  # true Jaccard is 0.83
     report = run(path).report
     assert report["dedup"]["near_removed"] == 1
@@ -186,7 +193,9 @@ def test_pii_is_redacted_or_only_detected(tmp_path: Path, tiny_llama: Path):
 
 
 def test_replay_mix_joins_train_only(tmp_path: Path, tiny_llama: Path):
-    path = make_project(tmp_path, tiny_llama, [qa(i) for i in range(50)], {"mix": [{"path": "data/general.jsonl", "fraction": 0.25}]})
+    path = make_project(
+        tmp_path, tiny_llama, [qa(i) for i in range(50)], {"mix": [{"path": "data/general.jsonl", "fraction": 0.25}]}
+    )
     general = [qa(1000 + i, q=f"General knowledge question {i} about the history of topic {i * 13}") for i in range(30)]
     with (tmp_path / "data/general.jsonl").open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in general)

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from tuneloop.data.pii import PII_TYPES
 from tuneloop.errors import UserError
 
 CONFIG_FILENAME = "tuneloop.yaml"
@@ -175,9 +176,6 @@ class CleanConfig(_Section):
     unicode: bool = Field(default=True, description="Normalise Unicode to NFC.")
     control: bool = Field(default=True, description="Remove control and invisible format characters.")
     whitespace: bool = Field(default=True, description="Fold runs of spaces and blank lines; trim.")
-
-
-PII_TYPES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET")
 
 
 class PiiConfig(_Section):

@@ -151,11 +151,12 @@ def _examples(cfg: config.ProjectConfig, split: str, raw: bool):
                 yield Example.from_json(json.loads(line))
         return
     for file in list_files([cfg.path(p) for p in cfg.data.train]):
-        rows = list(read_rows(file, str(file)))
-        fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(rows[:DETECT_SAMPLE], str(file))
-        for row in rows:
+        rows = read_rows(file, str(file))
+        head = list(itertools.islice(rows, DETECT_SAMPLE))
+        fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(head, str(file))
+        for row in itertools.chain(head, rows):
             if row.error is None:
                 try:
                     yield to_example(row.value, fmt, f"{file.name}:{row.line}")
                 except RowError:
-                    continue
+                    continue  # `inspect --raw` only shows; `data prepare` reports every reject

@@ -22,7 +22,7 @@ OBJECTIVES = {
 }
 
 # The command a new project runs next. It moves forward as the loop's later stages land.
-NEXT_COMMAND = 'cd {dir} && tuneloop config show && tuneloop generate "How do I reset my password?"'
+NEXT_COMMAND = "cd {dir} && tuneloop data prepare && tuneloop data inspect"
 
 
 def init(
