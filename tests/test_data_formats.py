@@ -77,7 +77,7 @@ def test_other_formats():
         (
             {"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "a"}]},
             "messages",
-            "messages[1] content is a list, expected a string",
+            "messages[1] (user) content is a list, expected a string",
         ),
         (
             {

@@ -203,3 +203,18 @@ def test_replay_mix_joins_train_only(tmp_path: Path, tiny_llama: Path):
     assert report["splits"]["train"]["mixed_in"] == 10  # 0.25 × 40 train rows
     for split in ("val", "test"):
         assert not any("general" in r["id"] for r in read_jsonl(tmp_path / f"data/prepared/{split}.jsonl"))
+
+
+def test_worker_processes_give_identical_output(tmp_path: Path, tiny_llama: Path):
+    rows = [qa(i) for i in range(2500)] + [qa(7)] * 3
+    rows[100] = qa(100, q="reach me at jane@example.com")
+    path = make_project(tmp_path, tiny_llama, rows)
+    outputs = []
+    for workers in (1, 2):
+        report = run(path, workers=workers).report
+        files = {
+            n: (tmp_path / f"data/prepared/{n}").read_text() for n in ("train.jsonl", "test.jsonl", "rejects.jsonl")
+        }
+        outputs.append((report["rows_out"], report["pii"], report["dedup"]["exact_removed"], files))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][2] == 3 and outputs[0][1]["by_type"] == {"EMAIL": 1}

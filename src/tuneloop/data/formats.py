@@ -393,13 +393,17 @@ def _keys(fmt: str) -> str:
 
 
 def _text(value: dict, key: str) -> str:
-    text = value.get(key)
+    return _string(value.get(key), f"field '{key}'")
+
+
+def _string(text: Any, what: str) -> str:
+    """A present, non-blank string, or a RowError saying which of those it is not."""
     if text is None:
-        raise RowError(f"field '{key}' is missing")
+        raise RowError(f"{what} is missing")
     if not isinstance(text, str):
-        raise RowError(f"field '{key}' is a {type(text).__name__}, expected a string")
+        raise RowError(f"{what} is a {type(text).__name__}, expected a string")
     if not text.strip():
-        raise RowError(f"field '{key}' is empty")
+        raise RowError(f"{what} is empty")
     return text
 
 
@@ -424,15 +428,10 @@ def _messages(messages: Any, key: str) -> list[dict[str, Any]]:
     for i, m in enumerate(messages, 1):
         if not isinstance(m, dict):
             raise RowError(f"{key}[{i}] is a {type(m).__name__}, expected an object with role and content")
-        role, content = m.get("role"), m.get("content")
+        role = m.get("role")
         if role not in ROLES:
             raise RowError(f"{key}[{i}] has role {role!r}; expected one of {', '.join(ROLES)}")
-        if content is None:
-            raise RowError(f"{key}[{i}] has no content")
-        if not isinstance(content, str):
-            raise RowError(f"{key}[{i}] content is a {type(content).__name__}, expected a string")
-        if not content.strip():
-            raise RowError(f"{key}[{i}] ({role}) has empty content")
+        content = _string(m.get("content"), f"{key}[{i}] ({role}) content")
         msg: dict[str, Any] = {"role": role, "content": content}
         if "weight" in m:
             weight = m["weight"]

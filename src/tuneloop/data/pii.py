@@ -131,20 +131,38 @@ def _phone(m: re.Match) -> bool:
     return 10 <= digits <= 15 and _bounded(m, "+w", "w")
 
 
-def _has_digit(text: str) -> bool:
-    return any(d in text for d in _DIGITS)
+_DIGIT = re.compile(r"\d")
+_SECRET_HINT = re.compile("|".join(re.escape(h) for h in _SECRET_HINTS))
 
 
-# (type, pattern, validator, cheap pre-check on the whole text), in the order they run.
-_RULES: tuple[tuple[str, re.Pattern, Callable[[re.Match], bool], Callable[[str], bool]], ...] = (
-    ("SECRET", _SECRET, lambda m: True, lambda t: any(h in t for h in _SECRET_HINTS)),
-    ("EMAIL", _EMAIL, _email, lambda t: "@" in t),
-    ("IBAN", _IBAN, _iban, _has_digit),
-    ("CREDIT_CARD", _CARD, _card, _has_digit),
-    ("SSN", _SSN, _ssn, lambda t: "-" in t),
-    ("IP_ADDRESS", _IPV4, _ipv4, lambda t: "." in t),
-    ("IP_ADDRESS", _IPV6, _ipv6, lambda t: "::" in t or t.count(":") >= 3),
-    *(("PHONE", pattern, _phone, _has_digit) for pattern in _PHONES),
+def _features(text: str) -> frozenset[str]:
+    """Cheap facts about a text that decide which patterns can possibly match (computed once)."""
+    found = set()
+    if _DIGIT.search(text):
+        found.add("digit")
+        if "-" in text:
+            found.add("dash")
+        if "." in text:
+            found.add("dot")
+    if "@" in text:
+        found.add("at")
+    if text.count(":") >= 2:
+        found.add("colons")
+    if _SECRET_HINT.search(text):
+        found.add("secret")
+    return frozenset(found)
+
+
+# (type, pattern, validator, the feature a text must have for the pattern to run), in run order.
+_RULES: tuple[tuple[str, re.Pattern, Callable[[re.Match], bool], str], ...] = (
+    ("SECRET", _SECRET, lambda m: True, "secret"),
+    ("EMAIL", _EMAIL, _email, "at"),
+    ("IBAN", _IBAN, _iban, "digit"),
+    ("CREDIT_CARD", _CARD, _card, "digit"),
+    ("SSN", _SSN, _ssn, "dash"),
+    ("IP_ADDRESS", _IPV4, _ipv4, "dot"),
+    ("IP_ADDRESS", _IPV6, _ipv6, "colons"),
+    *(("PHONE", pattern, _phone, "digit") for pattern in _PHONES),
 )
 
 
@@ -162,8 +180,11 @@ class PiiScanner:
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         """Replace each PII span with `[TYPE]`; return the new text and the count per type."""
         counts: Counter[str] = Counter()
-        for name, pattern, validate, precheck in self._rules:
-            if not precheck(text):
+        features = _features(text)
+        if not features:
+            return text, counts
+        for name, pattern, validate, needs in self._rules:
+            if needs not in features:
                 continue
 
             def replace(m: re.Match, name: str = name, validate=validate) -> str:

@@ -14,7 +14,7 @@ import json
 import os
 import random
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,17 +39,18 @@ from tuneloop.data.formats import (
 from tuneloop.errors import UserError
 
 SPLITS = ("train", "val", "test")
-BATCH = 256  # examples tokenized per call: large enough for the fast tokenizer, small for memory
+CHUNK = 1024  # records per worker task and per tokenizer call; smaller inputs never start the pool
 MIN_EXAMPLES = 1000
 MIN_VAL_SHARE = 0.10
 
 
 @dataclass
 class _Row:
-    example: Example
     raw: RawRow
+    fmt: str
     origin: str  # which input it came from: train, val, test or mix
-    group: str
+    example: Example | None = None  # set once the row validates
+    group: str = ""
 
 
 @dataclass
@@ -69,6 +70,100 @@ class Prepared:
     out_dir: Path
     report: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Worked:
+    """What the per-row stages found; computed in a worker process for large inputs."""
+
+    example: Example | None
+    error: str | None = None  # why the record is invalid
+    cleaned: bool = False
+    empty: str | None = None
+    pii: Counter | None = None
+    fingerprint: Any = None
+    measured: tuple[int, int] | RowError | None = None  # (tokens, trained tokens), or why it can't render
+
+
+class _RowWork:
+    """Clean → redact → fingerprint for one record: pure, so it can run in any process."""
+
+    def __init__(self, data: Any, renderer: Any = None) -> None:
+        self.data = data
+        self.labels = frozenset(data.labels) if data.labels else None
+        self.renderer = renderer
+        self.cleaner = make_cleaner(data.clean.model_dump())
+        self.pii = None
+        self.detect_only = data.pii.mode == "detect"
+        if data.pii.mode != "off":
+            from tuneloop.data.pii import PiiScanner
+
+            self.pii = PiiScanner(data.pii.types)
+        dd = data.dedup
+        self.deduper = Deduper(exact=dd.exact, near=dd.near != "off", threshold=dd.threshold)
+
+    def __call__(self, value: Any, fmt: str, example_id: str) -> _Worked:
+        try:
+            example = to_example(value, fmt, example_id, self.labels)
+        except RowError as e:
+            return _Worked(None, error=str(e))
+        cleaned = bool(self.cleaner and example.map_text(self.cleaner))
+        empty = _empty_field(example) if cleaned else None
+        found: Counter[str] = Counter()
+        if self.pii is not None and empty is None:
+            if self.detect_only:
+                example.map_text(lambda text: (found.update(self.pii.detect(text)), text)[1])
+            else:
+
+                def redact(text: str) -> str:
+                    new, counts = self.pii.redact(text)
+                    found.update(counts)
+                    return new
+
+                example.map_text(redact)
+        fingerprint = self.deduper.fingerprint(example.dedup_text()) if empty is None else None
+        return _Worked(example, None, cleaned, empty, found, fingerprint)
+
+    def chunk(self, items: list[tuple[Any, str, str]]) -> list[_Worked]:
+        """All per-row stages for a chunk of (value, format, id), tokenizing the survivors in one batch."""
+        worked = [self(*item) for item in items]
+        alive = [w for w in worked if w.error is None and w.empty is None]
+        for w, measured in zip(alive, self.measure([w.example for w in alive]), strict=True):
+            w.measured = measured
+        return worked
+
+    def measure(self, examples: list[Example]) -> list[tuple[int, int] | RowError]:
+        """(tokens, trained tokens) per example with the real tokenizer and template."""
+        if self.renderer is None:
+            return [(0, 1)] * len(examples)
+        limit, truncate = self.data.max_length, self.data.long == "truncate"
+        out: list[tuple[int, int] | RowError] = [(0, 0)] * len(examples)
+        chat = [i for i, e in enumerate(examples) if e.kind != "classification"]
+        for i, rendered in zip(chat, self.renderer.render_many([examples[i] for i in chat]), strict=True):
+            if isinstance(rendered, RowError):
+                out[i] = rendered
+                continue
+            weights = rendered.weights[:limit] if truncate else rendered.weights
+            out[i] = (len(rendered.input_ids), sum(1 for w in weights if w > 0))
+        classify = [i for i, e in enumerate(examples) if e.kind == "classification"]
+        if classify:
+            encoded = self.renderer.tokenizer([examples[i].text for i in classify]).input_ids
+            for i, ids in zip(classify, encoded, strict=True):
+                out[i] = (len(ids), 1)
+        return out
+
+
+_WORKER: _RowWork | None = None
+
+
+def _init_worker(row_work: _RowWork) -> None:
+    global _WORKER
+    _WORKER = row_work  # inherited through fork, tokenizer included
+
+
+def _work_chunk(items: list[tuple[Any, str, str]]) -> list[_Worked]:
+    assert _WORKER is not None
+    return _WORKER.chunk(items)
 
 
 class _Rejects:
@@ -97,7 +192,7 @@ def _reason_kind(reason: str) -> str:
 
 
 class _Pipeline:
-    def __init__(self, cfg: ProjectConfig, renderer: Any, rejects: _Rejects, work: Path) -> None:
+    def __init__(self, cfg: ProjectConfig, renderer: Any, rejects: _Rejects, work: Path, workers: int) -> None:
         self.cfg = cfg
         self.data = cfg.data
         self.renderer = renderer
@@ -105,21 +200,16 @@ class _Pipeline:
         self.work = work
         self.counts: Counter[str] = Counter()
         self.files: dict[str, dict[str, Any]] = {}
-        self.cleaner = make_cleaner(self.data.clean.model_dump())
-        self.pii = None
-        if self.data.pii.mode != "off":
-            from tuneloop.data.pii import PiiScanner
-
-            self.pii = PiiScanner(self.data.pii.types)
+        self.row_work = _RowWork(self.data, renderer)
+        self.deduper = self.row_work.deduper
+        self.workers = workers
+        self._pool: Any = None
         self.pii_counts: Counter[str] = Counter()
-        dd = self.data.dedup
-        self.deduper = Deduper(exact=dd.exact, near=dd.near != "off", threshold=dd.threshold)
         self.clusters: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.origin_of_holdout: dict[str, str] = {}  # ids kept from user-provided val/test
         self.leaks: list[dict[str, Any]] = []
         self.kept: dict[str, list[_Kept]] = defaultdict(list)
         self.lengths: dict[str, list[int]] = defaultdict(list)
-        self.labels = frozenset(self.data.labels) if self.data.labels else None
         self._spool: dict[str, Any] = {}
 
     # -- reading and validation ------------------------------------------------------------
@@ -138,61 +228,71 @@ class _Pipeline:
                     stats["rejected"] += 1
                     self.rejects.add(row, row.error, "validate")
                     continue
-                try:
-                    example = to_example(row.value, fmt, f"{name}:{row.line}", self.labels)
-                except RowError as e:
-                    stats["rejected"] += 1
-                    self.rejects.add(row, str(e), "validate")
-                    continue
-                yield _Row(example, row, origin, example.id)
+                yield _Row(row, fmt, origin)
 
     # -- per-record stages -------------------------------------------------------------------
 
     def process(self, rows: Iterator[_Row]) -> None:
-        batch: list[_Row] = []
-        for row in rows:
-            if self._clean(row) and self._redact(row) and self._dedup(row):
-                batch.append(row)
-                if len(batch) >= BATCH:
-                    self._measure(batch)
-                    batch = []
-        if batch:
-            self._measure(batch)
+        """Run the per-row stages over `rows`; large inputs fan out to worker processes in order."""
+        pending: deque = deque()
+        for chunk in _chunked(rows, CHUNK):
+            if self._pool is None and (self.workers <= 1 or len(chunk) < CHUNK):
+                self._finish(chunk, self.row_work.chunk([_item(r) for r in chunk]))
+                continue
+            pool = self._start_pool()
+            pending.append((chunk, pool.submit(_work_chunk, [_item(r) for r in chunk])))
+            # A bounded window keeps both cores busy without reading the whole input ahead.
+            if len(pending) > 2 * self.workers:
+                done, future = pending.popleft()
+                self._finish(done, future.result())
+        while pending:
+            done, future = pending.popleft()
+            self._finish(done, future.result())
 
-    def _clean(self, row: _Row) -> bool:
-        if self.cleaner is None:
-            return True
-        if row.example.map_text(self.cleaner):
-            self.counts["cleaned"] += 1
-            empty = _empty_field(row.example)
-            if empty:
-                self.rejects.add(row.raw, f"{empty} is empty after cleaning", "clean")
-                return False
-        return True
+    def _start_pool(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-    def _redact(self, row: _Row) -> bool:
-        if self.pii is None:
-            return True
-        found: Counter[str] = Counter()
-        if self.data.pii.mode == "detect":
-            row.example.map_text(lambda text: (found.update(self.pii.detect(text)), text)[1])
-        else:
+            # Workers tokenize; say so up front, or the Rust tokenizer warns at every fork.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker,
+                initargs=(self.row_work,),
+            )
+        return self._pool
 
-            def redact(text: str) -> str:
-                new, counts = self.pii.redact(text)
-                found.update(counts)
-                return new
+    def close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
-            row.example.map_text(redact)
-        if found:
-            self.counts["pii_rows"] += 1
-            self.pii_counts.update(found)
-        return True
+    def _finish(self, chunk: list[_Row], worked: list[_Worked]) -> None:
+        for row, w in zip(chunk, worked, strict=True):
+            if w.error is not None:
+                self.files[row.raw.source]["rejected"] += 1
+                self.rejects.add(row.raw, w.error, "validate")
+                continue
+            row.example = w.example
+            row.group = w.example.id
+            if w.cleaned:
+                self.counts["cleaned"] += 1
+            if w.empty:
+                self.rejects.add(row.raw, f"{w.empty} is empty after cleaning", "clean")
+                continue
+            if w.pii:
+                self.counts["pii_rows"] += 1
+                self.pii_counts.update(w.pii)
+            if self._dedup(row, w.fingerprint):
+                self._measure(row, w.measured)
 
-    def _dedup(self, row: _Row) -> bool:
+    def _dedup(self, row: _Row, fingerprint: Any) -> bool:
         ex = row.example
-        match = self.deduper.add(ex.id, ex.dedup_text())
+        match = self.deduper.find(fingerprint)
         if match is None:
+            self.deduper.remember(ex.id, fingerprint)
             if row.origin in ("val", "test"):
                 self.origin_of_holdout[ex.id] = row.origin
             return True
@@ -215,45 +315,23 @@ class _Pipeline:
         self.rejects.add(row.raw, f"{match.kind} duplicate of {match.of}{similarity}", "dedup")
         return False
 
-    def _measure(self, batch: list[_Row]) -> None:
-        """Render with the real tokenizer and template; drop what is too long or trains nothing."""
+    def _measure(self, row: _Row, result: tuple[int, int] | RowError) -> None:
+        """Drop what cannot render, trains nothing, or is too long (by policy); keep the rest."""
+        if isinstance(result, RowError):
+            self.rejects.add(row.raw, str(result), "render")
+            return
+        tokens, trained = result
+        if trained == 0:
+            self.rejects.add(row.raw, "no trained tokens: the assistant part is empty or has weight 0", "length")
+            return
         limit = self.data.max_length
-        results = self._render(batch)
-        for row, result in zip(batch, results, strict=True):
-            if isinstance(result, RowError):
-                self.rejects.add(row.raw, str(result), "render")
-                continue
-            tokens, trained = result
-            if trained == 0:
-                self.rejects.add(row.raw, "no trained tokens: the assistant part is empty or has weight 0", "length")
-                continue
-            if tokens > limit:
-                self.counts["too_long"] += 1
-                if self.data.long == "drop":
-                    self.rejects.add(row.raw, f"{tokens} tokens > data.max_length {limit}", "length")
-                    continue
-                self.counts["truncated"] += 1
-            self._keep(row, tokens, trained)
-
-    def _render(self, batch: list[_Row]) -> list[tuple[int, int] | RowError]:
-        if self.renderer is None:
-            return [(0, 1)] * len(batch)
-        out: list[tuple[int, int] | RowError] = [(0, 0)] * len(batch)
-        chat = [i for i, r in enumerate(batch) if r.example.kind != "classification"]
-        for i, rendered in zip(chat, self.renderer.render_many([batch[i].example for i in chat]), strict=True):
-            if isinstance(rendered, RowError):
-                out[i] = rendered
-            else:
-                trained = rendered.trained_tokens
-                if len(rendered.input_ids) > self.data.max_length and self.data.long == "truncate":
-                    trained = sum(1 for w in rendered.weights[: self.data.max_length] if w > 0)
-                out[i] = (len(rendered.input_ids), trained)
-        classify = [i for i, r in enumerate(batch) if r.example.kind == "classification"]
-        if classify:
-            encoded = self.renderer.tokenizer([batch[i].example.text for i in classify]).input_ids
-            for i, ids in zip(classify, encoded, strict=True):
-                out[i] = (len(ids), 1)
-        return out
+        if tokens > limit:
+            self.counts["too_long"] += 1
+            if self.data.long == "drop":
+                self.rejects.add(row.raw, f"{tokens} tokens > data.max_length {limit}", "length")
+                return
+            self.counts["truncated"] += 1
+        self._keep(row, tokens, trained)
 
     def _keep(self, row: _Row, tokens: int, trained: int) -> None:
         spool = self._spool.get(row.origin)
@@ -267,6 +345,15 @@ class _Pipeline:
             f.close()
 
     _fix_leakage = False
+
+
+def _item(row: _Row) -> tuple[Any, str, str]:
+    return row.raw.value, row.fmt, f"{row.raw.source}:{row.raw.line}"
+
+
+def _chunked(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
 
 
 def _empty_field(example: Example) -> str | None:
@@ -299,6 +386,7 @@ def prepare(
     tokenize: bool = True,
     strict: bool = False,
     fix_leakage: bool = False,
+    workers: int | None = None,
 ) -> Prepared:
     """Run the data stage for `cfg`; write splits, rejects, report and manifest to data.prepared_dir."""
     from tuneloop.data import report as report_mod
@@ -321,7 +409,8 @@ def prepare(
         renderer = Renderer(tokenizer)
 
     rejects = _Rejects(work / "rejects.jsonl")
-    pipe = _Pipeline(cfg, renderer, rejects, work)
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    pipe = _Pipeline(cfg, renderer, rejects, work, workers)
     pipe._fix_leakage = fix_leakage
     try:
         # Held-out inputs go first, so a train record that copies one is caught as leakage.
@@ -332,6 +421,7 @@ def prepare(
         for mix in data.mix:
             pipe.process(pipe.read([mix.path], "mix"))
     finally:
+        pipe.close_pool()
         pipe.close_spools()
         rejects.close()
 
