@@ -96,6 +96,7 @@ start = time.perf_counter()
 result = prepare(cfg, tokenizer=tok, tokenize={tokenize!r})
 elapsed = time.perf_counter() - start
 print(json.dumps({{"seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   "report": result.report}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -140,7 +141,8 @@ def main() -> None:
             rate = args.rows / r["seconds"]
             results[name] = rate
             print(
-                f"{name:>22}: {rate:,.0f} rows/s, peak RSS {r['rss_mb']:,.0f} MB, "
+                f"{name:>22}: {rate:,.0f} rows/s, peak RSS {r['rss_mb']:,.0f} MB (largest worker "
+                f"{r['worker_rss_mb']:,.0f} MB), "
                 f"near-dup recall {recall:.3f}, precision {precision:.3f}, "
                 f"PII rows {r['report']['pii']['rows']:,}, out {r['report']['rows_out']:,}"
             )

@@ -63,6 +63,7 @@ def test_readme_command_one_on_a_fresh_copy(tmp_path: Path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "demo/tuneloop.yaml").is_file()
-    # stdout is init's two lines, then the reply
-    reply = result.stdout.split("\nnext: ", 1)[1].split("\n", 1)[1]
+    assert (tmp_path / "demo/data/prepared/manifest.json").is_file()
+    # stdout: init's lines, the data table ending with the report path, then the reply
+    reply = result.stdout.split("\nreport: ", 1)[1].split("\n", 1)[1]
     assert len(reply.split()) >= 5, f"expected a generated reply, got {result.stdout[-500:]!r}"

@@ -303,7 +303,13 @@ def detect_format(rows: list[RawRow], source: str) -> str:
     """The format that holds a clear majority of the sampled rows, or a UserError with the counts."""
     shapes = Counter(shape_of(r.value) for r in rows if r.error is None)
     if not shapes:
-        raise UserError(f"{source}: no readable records to detect the format from")
+        if rows:
+            first = rows[0]
+            raise UserError(
+                f"{source}: none of the first {len(rows)} records could be read "
+                f"(line {first.line}: {first.error}); is this a {Path(source).suffix} file?"
+            )
+        raise UserError(f"{source}: the file has no records")
     fmt, count = shapes.most_common(1)[0]
     total = sum(shapes.values())
     if fmt == "other" or count <= MAJORITY * total:

@@ -192,8 +192,11 @@ def _reason_kind(reason: str) -> str:
 
 
 class _Pipeline:
-    def __init__(self, cfg: ProjectConfig, renderer: Any, rejects: _Rejects, work: Path, workers: int) -> None:
+    def __init__(
+        self, cfg: ProjectConfig, renderer: Any, rejects: _Rejects, work: Path, workers: int, fix_leakage: bool
+    ) -> None:
         self.cfg = cfg
+        self.fix_leakage = fix_leakage
         self.data = cfg.data
         self.renderer = renderer
         self.rejects = rejects
@@ -300,7 +303,7 @@ class _Pipeline:
         if holdout and row.origin in ("train", "mix"):
             self.leaks.append({"id": ex.id, "kind": match.kind, "of": match.of, "split": holdout})
             self.counts[f"leak_{match.kind}"] += 1
-            if self._fix_leakage or row.origin == "mix":
+            if self.fix_leakage or row.origin == "mix":
                 self.rejects.add(row.raw, f"{match.kind} duplicate of {holdout} record {match.of} (leakage)", "leakage")
                 return False
             return True
@@ -343,8 +346,6 @@ class _Pipeline:
     def close_spools(self) -> None:
         for f in self._spool.values():
             f.close()
-
-    _fix_leakage = False
 
 
 def _item(row: _Row) -> tuple[Any, str, str]:
@@ -410,8 +411,7 @@ def prepare(
 
     rejects = _Rejects(work / "rejects.jsonl")
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
-    pipe = _Pipeline(cfg, renderer, rejects, work, workers)
-    pipe._fix_leakage = fix_leakage
+    pipe = _Pipeline(cfg, renderer, rejects, work, workers, fix_leakage)
     try:
         # Held-out inputs go first, so a train record that copies one is caught as leakage.
         for origin in ("test", "val", "train"):

@@ -114,7 +114,7 @@ def _warnings(data, splits, counts, pipe, lengths, min_examples, min_val) -> lis
     if splits["test"]["rows"] == 0:
         out.append("the test split is empty, so `tuneloop eval` will have nothing to measure: set data.split.test")
     leaks = counts["leak_exact"] + counts["leak_near"]
-    if leaks and not pipe._fix_leakage:
+    if leaks and not pipe.fix_leakage:
         out.append(
             f"{leaks:,} training records duplicate val/test records ({counts['leak_exact']} exact, "
             f"{counts['leak_near']} near): the eval would be inflated; rerun with --fix to remove them from train"
