@@ -107,3 +107,17 @@ def test_smollm2_template_mask():
     assert marked.endswith("[[6<|im_end|>]]\n")
     assert "You are a helpful AI assistant named SmolLM" in marked  # the template's default system turn
     assert rendered.input_ids == tok.apply_chat_template(example.messages, tokenize=True, return_dict=True)["input_ids"]
+
+
+def test_a_template_error_in_a_batch_stays_with_its_row(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}{% if 'BOOM' in m['content'] %}{{ raise_exception('no boom allowed') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    results = Renderer(tok).render_many([chat("a", "b"), chat("BOOM", "c"), chat("d", "e")])
+    assert isinstance(results[1], RowError) and "no boom allowed" in str(results[1])
+    assert [mark_trained(r, tok).count("[[") for r in (results[0], results[2])] == [1, 1]

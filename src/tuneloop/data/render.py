@@ -54,6 +54,7 @@ class Renderer:
         probe = tokenizer("a").input_ids
         # Add BOS only where the tokenizer itself would, and never twice (see `_bos`).
         self.add_bos = bos is not None and len(probe) > 0 and probe[0] == bos
+        self._cache: dict[tuple[int, int, bool], str] = {}
 
     # -- text and trained character spans ----------------------------------------------------
 
@@ -62,36 +63,66 @@ class Renderer:
         if example.kind == "text":
             text = example.text + self.eos
             return text, [(0, len(text), 1.0)], []
+        return self._chat_spans(self._conversation(example))
+
+    def _conversation(self, example: Example) -> list[dict[str, Any]]:
+        """The messages to render for a template-rendered example, checked for special tokens."""
         if example.kind == "chat":
-            self._check_specials(example.messages)
-            return self._chat_spans(example.messages)
-        if example.kind in ("preference", "ranked"):
+            messages = example.messages
+        elif example.kind in ("preference", "ranked"):
             # Length accounting uses the longest completion; the preference trainer renders each pair itself.
             answers = [example.chosen, example.rejected] if example.kind == "preference" else example.responses
             longest = max(answers or [""], key=len)
             messages = [*example.messages, {"role": "assistant", "content": longest}]
-            self._check_specials(messages)
-            return self._chat_spans(messages)
-        raise RowError(f"examples of kind {example.kind} are not rendered through a chat template")
+        else:
+            raise RowError(f"examples of kind {example.kind} are not rendered through a chat template")
+        if self.tokenizer.chat_template is None:
+            raise RowError("the model's tokenizer has no chat template; pick an instruct model or set one")
+        self._check_specials(messages)
+        return messages
 
-    def _template(self, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    def _prerender(self, conversations: list[list[dict[str, Any]]]) -> None:
+        """Render every prefix `_chat_spans` will ask for in two batched calls (a third faster than one by one)."""
+        wanted: dict[bool, list[tuple[list[dict[str, Any]], int]]] = {False: [], True: []}
+        for conv in conversations:
+            wanted[False].append((conv, len(conv)))
+            for i, m in enumerate(conv):
+                if m["role"] == "assistant":
+                    wanted[True].append((conv, i))
+                    if i < len(conv) - 1:
+                        wanted[False].append((conv, i + 1))
+        for generation_prompt, items in wanted.items():
+            if not items:
+                continue
+            plain = [[{"role": m["role"], "content": m["content"]} for m in conv[:n]] for conv, n in items]
+            try:
+                texts = self.tokenizer.apply_chat_template(
+                    plain, tokenize=False, add_generation_prompt=generation_prompt
+                )
+            except Exception:
+                continue  # left uncached: rendering one by one attributes the error to its own row
+            for (conv, n), text in zip(items, texts, strict=True):
+                self._cache[(id(conv), n, generation_prompt)] = text
+
+    def _template(self, conv: list[dict[str, Any]], n: int, generation_prompt: bool) -> str:
+        cached = self._cache.get((id(conv), n, generation_prompt))
+        if cached is not None:
+            return cached
+        plain = [{"role": m["role"], "content": m["content"]} for m in conv[:n]]
         try:
             return self.tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
         except Exception as e:  # a template may raise on structures it does not support
             raise RowError(f"the chat template rejected this conversation: {e}") from None
 
     def _chat_spans(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int, float]], list[str]]:
-        if self.tokenizer.chat_template is None:
-            raise RowError("the model's tokenizer has no chat template; pick an instruct model or set one")
-        full = self._template(messages, False)
+        full = self._template(messages, len(messages), False)
         spans, warnings = [], []
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
             weight = m.get("weight", 1.0)
-            before = self._template(messages[:i], True)
-            upto = full if i == len(messages) - 1 else self._template(messages[: i + 1], False)
+            before = self._template(messages, i, True)
+            upto = full if i == len(messages) - 1 else self._template(messages, i + 1, False)
             if not (full.startswith(upto) and upto.startswith(before)):
                 raise RowError(
                     f"the chat template renders turn {i + 1} differently depending on what follows, so the "
@@ -123,12 +154,25 @@ class Renderer:
 
     def render_many(self, examples: Sequence[Example]) -> list[Rendered | RowError]:
         """Render a batch (one fast-tokenizer call); each item is a Rendered or the RowError it raised."""
-        prepared: list[Any] = []
+        conversations: list[Any] = []
         for ex in examples:
             try:
-                prepared.append(self.spans(ex))
+                conversations.append(None if ex.kind == "text" else self._conversation(ex))
             except RowError as e:
-                prepared.append(e)
+                conversations.append(e)
+        self._prerender([c for c in conversations if isinstance(c, list)])
+        prepared: list[Any] = []
+        try:
+            for ex, conv in zip(examples, conversations, strict=True):
+                if isinstance(conv, RowError):
+                    prepared.append(conv)
+                    continue
+                try:
+                    prepared.append(self.spans(ex) if conv is None else self._chat_spans(conv))
+                except RowError as e:
+                    prepared.append(e)
+        finally:
+            self._cache.clear()
         texts = [p[0] for p in prepared if not isinstance(p, RowError)]
         encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
         out: list[Rendered | RowError] = []
