@@ -82,8 +82,22 @@ def remove_control(text: str) -> str:
 
 def fold_whitespace(text: str) -> str:
     """Runs of spaces become one space, 3+ newlines become 2, ends are trimmed; line structure stays."""
+    if _already_folded(text):
+        return text  # most text is; substring checks cost far less than the regex pass
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def _already_folded(text: str) -> bool:
+    return (
+        text.isascii()
+        and "  " not in text
+        and "\t" not in text
+        and " \n" not in text
+        and "\n " not in text
+        and "\n\n\n" not in text
+        and text == text.strip()
+    )
 
 
 STEPS: dict[str, Callable[[str], str]] = {
