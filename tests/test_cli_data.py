@@ -43,3 +43,13 @@ def test_prepare_strict_and_bad_options(cli, tmp_path: Path, tiny_llama: Path):
     assert reject["line"] == 13 and reject["reason"] == "no assistant turn: nothing to train on"
     bad = cli("data", "prepare", "-c", cfg, "--pii", "hide")
     assert bad.code == 1 and "data.pii.mode" in bad.err
+
+
+def test_no_tokenize_says_tokens_were_not_measured(cli, tmp_path: Path, tiny_llama: Path):
+    cfg = new_project(cli, tmp_path, tiny_llama)
+    result = cli("data", "prepare", "-c", cfg, "--no-tokenize")
+    assert result.code == 0, result.err
+    assert "training tokens per epoch: not measured (--no-tokenize)" in result.out
+    report = json.loads((cfg.parent / "data/prepared/report.json").read_text())
+    assert report["tokens_per_epoch"] is None and report["splits"]["train"]["tokens"] is None
+    assert "Not tokenized" in (cfg.parent / "data/prepared/report.md").read_text()

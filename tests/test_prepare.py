@@ -218,3 +218,10 @@ def test_worker_processes_give_identical_output(tmp_path: Path, tiny_llama: Path
         outputs.append((report["rows_out"], report["pii"], report["dedup"]["exact_removed"], files))
     assert outputs[0] == outputs[1]
     assert outputs[0][2] == 3 and outputs[0][1]["by_type"] == {"EMAIL": 1}
+
+
+def test_a_ten_percent_val_split_is_not_called_under_ten_percent(tmp_path: Path, tiny_llama: Path):
+    path = make_project(tmp_path, tiny_llama, [qa(i) for i in range(1001)], {"dedup": {"near": "off"}})
+    report = run(path, tokenize=False).report
+    assert report["splits"]["val"]["rows"] == 100
+    assert not any("validation split" in w for w in report["warnings"])

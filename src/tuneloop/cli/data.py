@@ -64,10 +64,9 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     for name, s in report["splits"].items():
         table.add_row(f"{name} split", "", f"{s['rows']:,}")
     console.out.print(table)
-    console.out.print(
-        f"training tokens per epoch: {report['tokens_per_epoch']:,} ({report['trained_tokens_per_epoch']:,} trained)",
-        markup=False,
-    )
+    from tuneloop.data.report import tokens_line
+
+    console.out.print(f"training tokens per epoch: {tokens_line(report)}", markup=False)
     for w in report["warnings"]:
         console.warn(w)
     console.out.print(f"report: {out_dir / 'report.md'}   rejects: {out_dir / 'rejects.jsonl'}", markup=False)

@@ -15,7 +15,8 @@ import os
 import random
 import shutil
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -214,6 +215,7 @@ class _Pipeline:
         self.kept: dict[str, list[_Kept]] = defaultdict(list)
         self.lengths: dict[str, list[int]] = defaultdict(list)
         self._spool: dict[str, Any] = {}
+        self.on_rows: Callable[[int], None] = lambda n: None  # progress display hook
 
     # -- reading and validation ------------------------------------------------------------
 
@@ -273,6 +275,7 @@ class _Pipeline:
             self._pool = None
 
     def _finish(self, chunk: list[_Row], worked: list[_Worked]) -> None:
+        self.on_rows(len(chunk))
         for row, w in zip(chunk, worked, strict=True):
             if w.error is not None:
                 self.files[row.raw.source]["rejected"] += 1
@@ -413,13 +416,16 @@ def prepare(
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     pipe = _Pipeline(cfg, renderer, rejects, work, workers, fix_leakage)
     try:
-        # Held-out inputs go first, so a train record that copies one is caught as leakage.
-        for origin in ("test", "val", "train"):
-            paths = getattr(data, origin)
-            if paths:
-                pipe.process(pipe.read(paths, origin))
-        for mix in data.mix:
-            pipe.process(pipe.read([mix.path], "mix"))
+        with _progress() as progress:
+            # Held-out inputs go first, so a train record that copies one is caught as leakage.
+            for origin in ("test", "val", "train"):
+                paths = getattr(data, origin)
+                if paths:
+                    pipe.on_rows = progress(f"{origin} records")
+                    pipe.process(pipe.read(paths, origin))
+            for mix in data.mix:
+                pipe.on_rows = progress("replay mix records")
+                pipe.process(pipe.read([mix.path], "mix"))
     finally:
         pipe.close_pool()
         pipe.close_spools()
@@ -445,6 +451,30 @@ def prepare(
         n = sum(rejects.by_stage.values())
         raise UserError(f"--strict: {n:,} records were rejected; see {out / 'rejects.jsonl'} and {out / 'report.md'}")
     return Prepared(out, report, report["warnings"])
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str], Callable[[int], None]]]:
+    """A live 'N records, elapsed' line on a terminal (large inputs take minutes); nothing when piped."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from tuneloop import console
+
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.completed:,} {task.description}"),
+        TimeElapsedColumn(),
+        console=console.err,
+        transient=True,
+        disable=not console.err.is_terminal,
+    )
+
+    def task(description: str) -> Callable[[int], None]:
+        handle = bar.add_task(description, total=None)
+        return lambda n: bar.advance(handle, n)
+
+    with bar:
+        yield task
 
 
 def _assign(pipe: _Pipeline, data: Any) -> list[str]:

@@ -57,6 +57,9 @@ def build(cfg: Any, pipe: Any, splits: dict[str, dict], rejects: Any, tokenized:
             truncated=counts["truncated"],
         )
 
+    if not tokenized:  # without the tokenizer there are no token counts, only placeholders: say so
+        for split in splits.values():
+            split["tokens"] = split["trained_tokens"] = None
     clusters = sorted(pipe.clusters.items(), key=lambda kv: -len(kv[1]))
     warnings = _warnings(data, splits, counts, pipe, length_stats, MIN_EXAMPLES, MIN_VAL_SHARE)
     return {
@@ -106,7 +109,7 @@ def _warnings(data, splits, counts, pipe, lengths, min_examples, min_val) -> lis
         )
     total = sum(s["rows"] for s in splits.values())
     val = splits["val"]["rows"]
-    if total and val / total < min_val:
+    if total and val / total < min_val - 0.005:  # 9.99% from rounding a 10% split is not a problem
         out.append(
             f"the validation split is {val / total:.1%} of the data ({val:,} rows), under {min_val:.0%}: raise "
             "data.split.val (e.g. --set data.split.val=0.1 --set data.split.train=0.8) or provide data.val"
@@ -163,6 +166,17 @@ def _histogram(lengths: dict[str, list[int]], max_length: int, path: Path) -> No
     plt.close(fig)
 
 
+def _count(n: int | None) -> str:
+    return "not measured" if n is None else f"{n:,}"
+
+
+def tokens_line(report: dict[str, Any]) -> str:
+    """'N (M trained)', or why there is no count."""
+    if report["tokens_per_epoch"] is None:
+        return "not measured (--no-tokenize)"
+    return f"{report['tokens_per_epoch']:,} ({report['trained_tokens_per_epoch']:,} trained)"
+
+
 def markdown(report: dict[str, Any], has_plot: bool) -> str:
     """The report for people."""
     lines = ["# Data report", ""]
@@ -180,12 +194,8 @@ def markdown(report: dict[str, Any], has_plot: bool) -> str:
     lines += ["", f"Rows changed by cleaning: {report['cleaned_rows']:,}.", ""]
     lines += ["## Splits", "", "| split | rows | tokens | trained tokens |", "| --- | ---: | ---: | ---: |"]
     for name, s in report["splits"].items():
-        lines.append(f"| {name} | {s['rows']:,} | {s['tokens']:,} | {s['trained_tokens']:,} |")
-    lines += [
-        "",
-        f"Training tokens per epoch: {report['tokens_per_epoch']:,} ({report['trained_tokens_per_epoch']:,} trained).",
-        "",
-    ]
+        lines.append(f"| {name} | {s['rows']:,} | {_count(s['tokens'])} | {_count(s['trained_tokens'])} |")
+    lines += ["", f"Training tokens per epoch: {tokens_line(report)}.", ""]
     lengths = report["lengths"]
     lines += ["## Lengths", ""]
     if lengths["tokenized"] and "p50" in lengths:
