@@ -35,7 +35,7 @@ class Match:
     similarity: float
 
 
-@dataclass
+@dataclass(slots=True)
 class Fingerprint:
     """What identifies a text for deduplication; computed wherever the text is (worker processes)."""
 

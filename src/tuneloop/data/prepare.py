@@ -45,7 +45,7 @@ MIN_EXAMPLES = 1000
 MIN_VAL_SHARE = 0.10
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
     raw: RawRow
     fmt: str
@@ -54,7 +54,7 @@ class _Row:
     group: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Kept:
     """What stays in memory per accepted record."""
 
