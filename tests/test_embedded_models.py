@@ -11,8 +11,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return models.load_causal_lm("smollm2-135m-instruct")
+def smollm2(tmp_path_factory):
+    """Converted into a fresh cache, so every run exercises the GGUF conversion, not a cached folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TUNELOOP_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield models.load_causal_lm("smollm2-135m-instruct")
+    mp.undo()
 
 
 def test_smollm2_converted_folder(smollm2):

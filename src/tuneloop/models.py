@@ -275,16 +275,14 @@ def convert_gguf(gguf_path: Path, dest: Path, eos_token: str | None = None) -> P
 
 def _write_card(folder: Path, gguf_path: Path, meta: dict[str, Any]) -> None:
     """A model card recording where the weights came from and their licence."""
+    from tuneloop.files import sha256_file
+
     licence = meta.get("general.license", "unknown")
-    digest = hashlib.sha256()
-    with gguf_path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     name = meta.get("general.name", gguf_path.stem)
     org = meta.get("general.organization", "")
     (folder / "README.md").write_text(
         f"---\nlicense: {licence}\n---\n\n# {name}\n\n"
-        f"Converted by tuneloop from `{gguf_path.name}` (sha256 {digest.hexdigest()}).\n"
+        f"Converted by tuneloop from `{gguf_path.name}` (sha256 {sha256_file(gguf_path)}).\n"
         f"Organisation: {org or 'unknown'}. Weights were dequantised from GGUF type "
         f"{meta.get('general.file_type', '?')} to float32.\n",
         encoding="utf-8",

@@ -38,6 +38,7 @@ from tuneloop.data.formats import (
     to_example,
 )
 from tuneloop.errors import UserError
+from tuneloop.files import sha256_file
 
 SPLITS = ("train", "val", "test")
 CHUNK = 1024  # records per worker task and per tokenizer call; smaller inputs never start the pool
@@ -199,7 +200,6 @@ class _Pipeline:
         self.cfg = cfg
         self.fix_leakage = fix_leakage
         self.data = cfg.data
-        self.renderer = renderer
         self.rejects = rejects
         self.work = work
         self.counts: Counter[str] = Counter()
@@ -527,16 +527,8 @@ def _write_splits(pipe: _Pipeline, split_of: list[str], work: Path, out: Path, d
         f.close()
         os.replace(work / f"split-{name}.jsonl", out / f"{name}.jsonl")
         stats[name]["file"] = f"{name}.jsonl"
-        stats[name]["sha256"] = _sha256(out / f"{name}.jsonl")
+        stats[name]["sha256"] = sha256_file(out / f"{name}.jsonl")
     return stats
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_manifest(cfg: ProjectConfig, pipe: _Pipeline, splits: dict, out: Path, renderer: Any) -> None:
@@ -544,10 +536,10 @@ def _write_manifest(cfg: ProjectConfig, pipe: _Pipeline, splits: dict, out: Path
     sources = []
     for origin in ("train", "val", "test"):
         for file in list_files([cfg.path(p) for p in getattr(cfg.data, origin)]):
-            sources.append({"path": _display_name(file, cfg.root), "origin": origin, "sha256": _sha256(file)})
+            sources.append({"path": _display_name(file, cfg.root), "origin": origin, "sha256": sha256_file(file)})
     for mix in cfg.data.mix:
         for file in list_files([cfg.path(mix.path)]):
-            sources.append({"path": _display_name(file, cfg.root), "origin": "mix", "sha256": _sha256(file)})
+            sources.append({"path": _display_name(file, cfg.root), "origin": "mix", "sha256": sha256_file(file)})
     settings = json.dumps({"data": cfg.data.model_dump(mode="json"), "model": cfg.model.name}, sort_keys=True)
     template = getattr(renderer.tokenizer, "chat_template", None) if renderer else None
     manifest = {
