@@ -299,11 +299,22 @@ class TrainConfig(_Section):
     batching: Literal["auto", "padded", "packed", "length_grouped"] = Field(
         default="auto", description="'auto' measures the data and picks the faster layout."
     )
+    log_every: int = Field(default=10, gt=0, description="Steps between training-loss log lines.")
     eval_every: int = Field(default=50, gt=0, description="Steps between validation passes.")
     save_every: int = Field(default=100, gt=0, description="Steps between checkpoints.")
     keep_last: int = Field(default=3, gt=0, description="Checkpoints kept (the best and newest are always kept).")
+    metric: Literal["loss", "token_accuracy"] = Field(
+        default="loss", description="Validation metric that picks the best checkpoint and drives early stopping."
+    )
     early_stopping_patience: int | None = Field(
         default=None, gt=0, description="Stop after this many evaluations without improvement."
+    )
+    overfit_patience: int = Field(
+        default=3, gt=0, description="Warn when train loss falls while validation loss rises this many evals in a row."
+    )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers; wandb and mlflow are imported only when listed here.",
     )
     seed: int = 42
 

@@ -469,9 +469,11 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
 
 
 def load_causal_lm(
-    name: str, dtype: str = "auto", trust_remote_code: bool = False, revision: str | None = None
+    name: str, dtype: str = "auto", trust_remote_code: bool = False, revision: str | None = None, **load_kwargs: Any
 ) -> tuple[Any, Any]:
-    """Resolve `name` and load (model, tokenizer) from safetensors, in eval mode."""
+    """Resolve `name` and load (model, tokenizer) from safetensors, in eval mode.
+
+    `load_kwargs` go to `from_pretrained` (e.g. a 4-bit `quantization_config`)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -482,7 +484,11 @@ def load_causal_lm(
     hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+            str(path),
+            dtype=torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            **load_kwargs,
         )
     finally:
         hf_logging.enable_progress_bar()

@@ -1,0 +1,128 @@
+"""Run folders: one per training run, self-describing enough to reproduce, evaluate or serve it.
+
+runs/<id>/
+  config.resolved.yaml   the config with every default filled in
+  data-manifest.json     the prepared data's manifest (content hashes) the run trained on
+  environment.json       python, platform, torch, device, git revision of the project
+  pip-freeze.txt         every installed package version
+  metrics.jsonl          one line per log / evaluation event
+  checkpoints/           crash-safe checkpoints (see train/checkpoint.py)
+  final/                 the trained adapter or model, with its tokenizer and chat template
+  loss.png               train and validation loss curves
+  summary.json           status, steps, throughput and what was chosen automatically
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tuneloop import __version__
+from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
+from tuneloop.errors import UserError
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+
+
+def new_run_dir(cfg: ProjectConfig) -> Path:
+    """A fresh, unique run folder under output.dir: <name>-<UTC timestamp>[-n]."""
+    base = cfg.path(cfg.output.dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = f"{cfg.output.run_name or cfg.task.type}-{stamp}"
+    run, n = base / name, 1
+    while run.exists():
+        n += 1
+        run = base / f"{name}-{n}"
+    run.mkdir(parents=True)
+    return run
+
+
+def latest_run(cfg: ProjectConfig) -> Path:
+    """The newest run folder under output.dir (for `--resume` without a path)."""
+    base = cfg.path(cfg.output.dir)
+    runs = [p for p in base.glob("*") if (p / RESOLVED_FILENAME).is_file()] if base.is_dir() else []
+    if not runs:
+        raise UserError(f"no run to resume in {base}; start one with `tuneloop train`")
+    return max(runs, key=lambda p: (p / RESOLVED_FILENAME).stat().st_mtime)
+
+
+def record_environment(run_dir: Path, project_root: Path) -> None:
+    """Write environment.json and pip-freeze.txt, so the run says exactly what it ran on."""
+    import torch
+
+    revision = _git(project_root, "rev-parse", "HEAD")
+    env: dict[str, Any] = {
+        "tuneloop": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_revision": revision,
+        "git_dirty": bool(_git(project_root, "status", "--porcelain")) if revision else None,
+        "command": sys.argv,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=False
+    ).stdout
+    (run_dir / "pip-freeze.txt").write_text(freeze)
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    tmp = run_dir / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, run_dir / SUMMARY)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(run_dir: Path) -> Path | None:
+    """loss.png: train and validation loss against the step."""
+    rows = read_metrics(run_dir)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if val:
+        ax.plot(*zip(*val, strict=True), marker="o", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per trained token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out

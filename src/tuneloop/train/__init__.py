@@ -1,0 +1,1 @@
+"""Training recipes: sft (supervised fine-tuning); shared batching, methods, checkpoints, callbacks."""

@@ -1,0 +1,208 @@
+"""Trainer callbacks that watch the run: metrics file, progress, best checkpoint and early stopping,
+overfitting alarm, non-finite gradients, and a clean stop on SIGTERM / Ctrl-C.
+
+Everything they remember is derived from the TrainerState (saved in each checkpoint), so a
+resumed run behaves as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tuneloop import console
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient became NaN or inf; the step is not applied and nothing is saved."""
+
+    def __init__(self, what: str, step: int, example_ids: list[str]) -> None:
+        self.what, self.step, self.example_ids = what, step, example_ids
+        shown = ", ".join(example_ids[:8]) + (f" and {len(example_ids) - 8} more" if len(example_ids) > 8 else "")
+        super().__init__(f"{what} at step {step} (examples in this step: {shown})")
+
+
+class MetricsFile(TrainerCallback):
+    """Append every log event to metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": round(time.time(), 3)}
+        row |= {k: v for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class Progress(TrainerCallback):
+    """A rich progress bar with ETA on a terminal; one plain line per log event otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not console.err.is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=console.err,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("", total=state.max_steps, completed=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        parts = [f"{k} {_fmt(v)}" for k, v in logs.items() if k in _SHOWN]
+        if not parts:
+            return
+        line = f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts)
+        if self.bar is not None:
+            self.bar.update(self.task, description=", ".join(parts))
+            if "eval_loss" in logs:
+                self.bar.console.print(line, markup=False)
+        else:
+            console.note(line)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+_SHOWN = ("loss", "eval_loss", "eval_token_accuracy", "learning_rate", "grad_norm")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2e}" if abs(v) < 1e-3 and v != 0 else f"{v:.4g}"
+
+
+class BestAndEarlyStop(TrainerCallback):
+    """Track the best validation metric, force a checkpoint at each new best, stop after `patience` evals without one."""
+
+    def __init__(self, metric: str, greater_is_better: bool, patience: int | None) -> None:
+        self.key = f"eval_{metric}"
+        self.greater = greater_is_better
+        self.patience = patience
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.key)
+        if value is None or not math.isfinite(value):
+            return
+        best = state.best_metric
+        if best is None or (value > best if self.greater else value < best):
+            state.best_metric = value
+            state.best_global_step = state.global_step
+            control.should_save = True  # the best weights must exist on disk to be kept
+            return
+        if self.patience is None:
+            return
+        since = [h for h in state.log_history if self.key in h and h["step"] > (state.best_global_step or 0)]
+        if len(since) >= self.patience:  # log_history already holds this evaluation
+            console.note(
+                f"early stopping at step {state.global_step}: {self.key} has not improved for {self.patience} "
+                f"evaluations (best {best:.4f} at step {state.best_global_step})"
+            )
+            control.should_training_stop = True
+            control.should_save = True
+
+
+class OverfitAlarm(TrainerCallback):
+    """Warn once when train loss falls while validation loss rises for `patience` evaluations in a row."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.warned = False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.warned or not metrics or "eval_loss" not in metrics:
+            return
+        points = _eval_points(state.log_history)  # already holds this evaluation
+        if len(points) < self.patience + 1:
+            return
+        recent = points[-(self.patience + 1) :]
+        pairs = list(zip(recent, recent[1:], strict=False))
+        if all(b[1] < a[1] and b[2] > a[2] for a, b in pairs):
+            start = recent[0][0]
+            console.warn(
+                f"overfitting: since step {start}, train loss fell {recent[0][1]:.3f} → {recent[-1][1]:.3f} while "
+                f"validation loss rose {recent[0][2]:.3f} → {recent[-1][2]:.3f} over {self.patience} evaluations. "
+                "The best checkpoint is kept; consider fewer epochs, a lower learning rate, or more data"
+            )
+            self.warned = True
+
+
+def _eval_points(history: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
+    """(step, latest train loss, validation loss) at each evaluation."""
+    points, train = [], None
+    for h in history:
+        if "loss" in h:
+            train = h["loss"]
+        if "eval_loss" in h and train is not None:
+            points.append((h["step"], train, h["eval_loss"]))
+    return points
+
+
+class FiniteGradients(TrainerCallback):
+    """Stop before the optimizer applies a NaN/inf gradient; nothing is saved for that step."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            raise NonFiniteError("a gradient became NaN or inf", state.global_step + 1, self.trainer.step_example_ids)
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM or the first Ctrl-C: finish the current step, save a checkpoint, and stop cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                return
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signal = signal.Signals(signum).name
+        console.note(f"{self.signal} received: saving a checkpoint after this step, then stopping")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal is not None:
+            control.should_save = True
+            control.should_training_stop = True

@@ -1,0 +1,122 @@
+"""Crash-safe checkpoints: write to a staging folder, fsync, rename into place, then mark complete.
+
+A checkpoint folder is `checkpoints/checkpoint-<step>/`. It counts only when it holds the
+`COMPLETE` marker, which is written last; a crash at any earlier point leaves a folder without it
+(or only the staging folder), which resume ignores and the next save removes. So the previous
+complete checkpoint is always usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from tuneloop.errors import UserError
+
+PREFIX = "checkpoint-"
+MARKER = "COMPLETE"
+STAGING = ".staging"
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file in `folder` (and the folder entries) to disk."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(root))
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def staging_dir(checkpoints: Path) -> Path:
+    """The folder a checkpoint is written into before it is renamed into place (emptied first)."""
+    staging = checkpoints / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def commit(staged: Path, checkpoints: Path, step: int, info: dict) -> Path:
+    """Make a fully written staged checkpoint the real one: fsync, rename, mark complete."""
+    final = checkpoints / f"{PREFIX}{step}"
+    fsync_tree(staged)
+    if final.exists():  # an earlier, interrupted save of the same step
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    fsync_dir(checkpoints)
+    marker = final / MARKER
+    tmp = final / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"step": step, **info}, indent=2) + "\n")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, marker)
+    fsync_dir(final)
+    return final
+
+
+def step_of(folder: Path) -> int:
+    match = re.fullmatch(rf"{PREFIX}(\d+)", folder.name)
+    return int(match.group(1)) if match else -1
+
+
+def complete(checkpoints: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not checkpoints.is_dir():
+        return []
+    found = [p for p in checkpoints.iterdir() if step_of(p) >= 0 and (p / MARKER).is_file()]
+    return sorted(found, key=step_of)
+
+
+def latest(checkpoints: Path) -> Path | None:
+    done = complete(checkpoints)
+    return done[-1] if done else None
+
+
+def remove_incomplete(checkpoints: Path) -> list[Path]:
+    """Delete checkpoint folders a crash left without their marker; return what was removed."""
+    if not checkpoints.is_dir():
+        return []
+    removed = []
+    for p in checkpoints.iterdir():
+        if p.name == STAGING or (step_of(p) >= 0 and not (p / MARKER).is_file()):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def rotate(checkpoints: Path, keep_last: int, best: Path | None) -> list[Path]:
+    """Keep the newest `keep_last` complete checkpoints plus the best one; return what was deleted."""
+    done = complete(checkpoints)
+    keep = set(done[-keep_last:])
+    if best is not None:
+        keep.add(best)
+    deleted = [p for p in done if p not in keep]
+    for p in deleted:
+        shutil.rmtree(p)
+    return deleted
+
+
+def check_disk(folder: Path, needed_bytes: int) -> None:
+    """Fail before training when a checkpoint would not fit on the disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    # Two checkpoints coexist while one is staged and the previous one is still kept.
+    if free < 2 * needed_bytes:
+        raise UserError(
+            f"not enough disk for checkpoints in {folder}: each needs about {_gb(needed_bytes)}, and two must fit "
+            f"while one is written; {_gb(free)} is free. Free space, or set output.dir to a larger disk"
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"

@@ -1,0 +1,578 @@
+"""Supervised fine-tuning: `tuneloop train`.
+
+The recipe, top to bottom:
+1. read the prepared splits and check they match the model (chat template hash);
+2. render every example with the same Renderer that `tuneloop data inspect` shows, so only the
+   assistant tokens (and their end-of-turn token) are trained, with per-message weights;
+3. load the model and wrap it for the method (PEFT for adapters, bitsandbytes for qlora);
+4. choose the precision and the batch layout from the machine and the data, and say why;
+5. train with Transformers' Trainer: a loss summed over trained tokens and divided by their count
+   in the whole accumulated batch (so gradient accumulation equals the larger batch exactly),
+   crash-safe checkpoints, exact resume, NaN guard, early stopping, overfitting alarm;
+6. write the final adapter or model with its tokenizer and chat template, loss.png and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop import console
+from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
+from tuneloop.data.formats import Example, RowError
+from tuneloop.errors import UserError
+from tuneloop.train import checkpoint
+from tuneloop.train.batching import IGNORE, Collator, choose_layout
+from tuneloop.train.callbacks import (
+    BestAndEarlyStop,
+    FiniteGradients,
+    GracefulStop,
+    MetricsFile,
+    NonFiniteError,
+    OverfitAlarm,
+    Progress,
+)
+
+# Keys that may change between a run and its resume without changing what is being trained.
+RESUMABLE_CHANGES = {"max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every", "report_to"}
+# bf16 autocast is used on CPU only when its loss on a real batch is this close to fp32's.
+BF16_TOLERANCE = 1e-2
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # completed | stopped | early_stopped
+    steps: int
+    final_dir: Path | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- 1-2. data
+
+
+def load_split(cfg: ProjectConfig, name: str) -> tuple[list[Example], dict]:
+    """Examples of one prepared split, plus the manifest that vouches for them."""
+    folder = cfg.path(cfg.data.prepared_dir)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError(f"no prepared data in {folder}; run `tuneloop data prepare --config {cfg.root}/...` first")
+    manifest = json.loads(manifest_path.read_text())
+    path = folder / f"{name}.jsonl"
+    if not path.is_file():
+        return [], manifest
+    examples = [Example.from_json(json.loads(line)) for line in path.open(encoding="utf-8") if line.strip()]
+    return examples, manifest
+
+
+def check_template(manifest: dict, tokenizer: Any) -> None:
+    """Refuse to train on data measured with another chat template: lengths and masks would be wrong."""
+    import hashlib
+
+    recorded = manifest.get("chat_template_sha256")
+    template = getattr(tokenizer, "chat_template", None)
+    if recorded and template and hashlib.sha256(template.encode()).hexdigest() != recorded:
+        raise UserError(
+            "the prepared data was measured with a different chat template than this model's "
+            f"(model {manifest.get('model')!r} at prepare time); re-run `tuneloop data prepare` for this model"
+        )
+
+
+def render_split(examples: list[Example], tokenizer: Any, cfg: ProjectConfig, split: str) -> list[dict[str, Any]]:
+    """Render with the shared Renderer; over-long and untrainable examples are counted, never silent."""
+    from tuneloop.data.render import Renderer
+
+    renderer = Renderer(tokenizer)
+    items: list[dict[str, Any]] = []
+    too_long, untrained, failed, warned = 0, 0, [], 0
+    max_length = cfg.data.max_length
+    for start in range(0, len(examples), 256):
+        chunk = examples[start : start + 256]
+        for ex, result in zip(chunk, renderer.render_many(chunk), strict=True):
+            if isinstance(result, RowError):
+                failed.append(f"{ex.id}: {result}")
+                continue
+            warned += bool(result.warnings)
+            ids, weights = result.input_ids, result.weights
+            if len(ids) > max_length:
+                too_long += 1
+                if cfg.data.long != "truncate":
+                    continue
+                ids, weights = ids[:max_length], weights[:max_length]
+            if not any(w > 0 for w in weights[1:]):
+                untrained += 1
+                continue
+            items.append({"id": ex.id, "input_ids": ids, "weights": weights})
+    if failed:
+        raise UserError(
+            f"{len(failed)} {split} examples cannot be rendered with this model's template:\n  "
+            + "\n  ".join(failed[:5])
+            + "\nre-run `tuneloop data prepare` with this model so they are rejected with their line numbers"
+        )
+    if too_long and cfg.data.long == "error":
+        raise UserError(
+            f"data.max_length {max_length} truncates {too_long:,} of {len(examples):,} {split} examples "
+            f"({too_long / len(examples):.1%}); raise data.max_length, or set data.long=drop"
+        )
+    if too_long:
+        action = "truncated" if cfg.data.long == "truncate" else "dropped"
+        console.warn(f"{too_long:,} {split} examples are longer than data.max_length {max_length} and were {action}")
+    if untrained:
+        console.warn(f"{untrained:,} {split} examples have no trained tokens after truncation and were dropped")
+    if warned:
+        console.warn(f"{warned:,} {split} examples: the template does not end assistant turns with EOS")
+    console.note(f"{split}: {len(examples):,} examples in, {len(items):,} rendered for training")
+    return items
+
+
+# --------------------------------------------------------------------------- 3-4. model, precision
+
+
+def cpu_supports_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def choose_precision(requested: str, model: Any, probe: dict[str, Any] | None) -> tuple[str, str]:
+    """(fp32 | bf16 | fp16, reason). On CPU, bf16 only where it is native and matches fp32 on a real batch."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    if requested != "auto":
+        if requested == "fp16" and not on_gpu:
+            raise UserError("train.precision=fp16 needs a GPU; on CPU use bf16 (if supported) or fp32")
+        if requested == "bf16" and not on_gpu and not cpu_supports_bf16():
+            console.warn("this CPU has no native bf16 (avx512_bf16 or AMX): bf16 will be emulated and slow")
+        return requested, "set in the config"
+    if on_gpu:
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "GPU supports bf16"
+        return "fp16", "GPU without bf16 support"
+    if not cpu_supports_bf16():
+        return "fp32", "this CPU has no native bf16 (avx512_bf16 or AMX)"
+    if probe is None:
+        return "fp32", "no batch to check bf16 against fp32"
+    with torch.no_grad():
+        full = _probe_loss(model, probe)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = _probe_loss(model, probe)
+    gap = abs(half - full) / max(abs(full), 1e-8)
+    if gap <= BF16_TOLERANCE:
+        return "bf16", f"native CPU bf16; loss on a real batch within {gap:.2%} of fp32"
+    return "fp32", f"bf16 loss differs from fp32 by {gap:.2%} on a real batch (> {BF16_TOLERANCE:.0%})"
+
+
+def _probe_loss(model: Any, batch: dict[str, Any]) -> float:
+    loss_sum, count, _ = token_loss(model, batch)
+    return float(loss_sum / max(count, 1))
+
+
+def load_model(cfg: ProjectConfig) -> tuple[Any, Any]:
+    """Base model (4-bit for qlora) and tokenizer, in train-ready dtype."""
+    import torch
+
+    from tuneloop.models import load_causal_lm
+    from tuneloop.train.methods import quantization_config
+
+    extra: dict[str, Any] = {}
+    dtype = cfg.model.dtype
+    if dtype == "auto":
+        # fp32 master weights for anything trained; a frozen GPU base can live in half precision.
+        half = torch.cuda.is_available() and cfg.method.name in ("lora", "dora", "qlora")
+        dtype = "auto" if half else "float32"
+    if cfg.method.name == "qlora":
+        from tuneloop.models import torch_dtype
+
+        compute = torch_dtype("auto")
+        extra = {"quantization_config": quantization_config(cfg, compute), "device_map": {"": _device()}}
+    model, tokenizer = load_causal_lm(
+        cfg.model.name, dtype, cfg.model.trust_remote_code, cfg.model.revision, **extra
+    )
+    model.config.use_cache = False  # a KV cache in training disables packed-sequence masks
+    return model, tokenizer
+
+
+def _device() -> str:
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- 5. the loss and the trainer
+
+
+def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(weighted sum of token losses, number of trained tokens, number predicted right) for one batch.
+
+    Logits are computed only at trained positions (`logits_to_keep`): prompts and padding never
+    pay for the vocabulary projection, which is a large share of a small model's compute.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    keep = batch["logits_to_keep"]
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = batch["shift_labels"]
+    selected = labels != IGNORE
+    targets = labels[selected]
+    weights = batch["shift_weights"][selected]
+    losses = F.cross_entropy(logits.float(), targets, reduction="none")
+    correct = (logits.argmax(-1) == targets).sum()
+    return (losses * weights).sum(), torch.tensor(targets.numel()), correct
+
+
+def make_trainer_class() -> type:
+    """The one Trainer subclass: our loss, our evaluation, atomic checkpoints. Built lazily (imports torch)."""
+    import torch
+    from transformers import Trainer
+
+    class SFTTrainer(Trainer):
+        loss_is_scaled_for_ga = True  # we divide by trained tokens across the whole accumulated batch
+
+        def __init__(self, *args: Any, keep_last: int, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Makes Trainer count trained tokens over all micro-batches of a step (`num_items_in_batch`).
+            self.model_accepts_loss_kwargs = True
+            self.keep_last = keep_last
+            self.step_example_ids: list[str] = []
+            self.tokens = {"trained": 0, "real": 0, "computed": 0}
+            self._ids_step = -1
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self._ids_step != self.state.global_step:
+                self.step_example_ids, self._ids_step = [], self.state.global_step
+            self.step_example_ids += inputs["example_ids"]
+            loss_sum, count, _ = token_loss(model, inputs)
+            denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+            loss = loss_sum / denominator
+            if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
+                loss = loss * self.args.world_size  # DDP averages gradients; the token count is already global
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"the loss became {loss.item()}", self.state.global_step + 1, self.step_example_ids)
+            if model.training:
+                self.tokens["trained"] += int(count)
+                self.tokens["real"] += int(inputs["tokens"])
+                self.tokens["computed"] += int(inputs["padded_tokens"])
+            return (loss, None) if return_outputs else loss
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            """Token-weighted validation loss and next-token accuracy on the trained tokens."""
+            loader = self.get_eval_dataloader(eval_dataset)
+            model = self.model
+            model.eval()
+            totals = torch.zeros(3, dtype=torch.float64)
+            with torch.no_grad(), self.accelerator.autocast():
+                for batch in loader:
+                    loss_sum, count, correct = token_loss(model, self._prepare_inputs(batch))
+                    totals += torch.tensor([float(loss_sum), float(count), float(correct)], dtype=torch.float64)
+            totals = self.accelerator.reduce(totals.to(self.args.device), "sum").cpu()
+            loss_sum, count, correct = totals.tolist()
+            metrics = {
+                f"{metric_key_prefix}_loss": loss_sum / max(count, 1),
+                f"{metric_key_prefix}_token_accuracy": correct / max(count, 1),
+            }
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+        def _save_checkpoint(self, model, trial):
+            # Trainer writes the checkpoint into a staging folder; we fsync it, rename it into place
+            # and mark it complete, so a crash mid-save never leaves a checkpoint that looks usable.
+            checkpoints = Path(self.args.output_dir)
+            step = self.state.global_step
+            staging = checkpoint.staging_dir(checkpoints) if self.args.should_save else checkpoints / checkpoint.STAGING
+            self.args.output_dir = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.output_dir = str(checkpoints)
+            best = self.state.best_global_step
+            self.state.best_model_checkpoint = str(checkpoints / f"{checkpoint.PREFIX}{best}") if best else None
+            if self.args.should_save:
+                staged = staging / f"{checkpoint.PREFIX}{step}"
+                self.state.save_to_json(str(staged / "trainer_state.json"))  # with the real best path
+                checkpoint.commit(staged, checkpoints, step, {"best_step": best, "best_metric": self.state.best_metric})
+                staging.rmdir()
+                best_dir = checkpoints / f"{checkpoint.PREFIX}{best}" if best else None
+                checkpoint.rotate(checkpoints, self.keep_last, best_dir)
+            if self.args.world_size > 1:
+                self.accelerator.wait_for_everyone()
+
+    return SFTTrainer
+
+
+def training_arguments(cfg: ProjectConfig, run_dir: Path, precision: str, layout: str, has_val: bool) -> Any:
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    # Trainer's own save/eval schedule; best-checkpoint saves are forced by BestAndEarlyStop.
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not _cuda(),
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.log_every,
+        logging_first_step=True,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=t.eval_every,
+        save_strategy="steps",
+        save_steps=t.save_every,
+        save_total_limit=None,  # retention is ours: it never deletes the newest or the best
+        train_sampling_strategy="group_by_length" if layout == "length_grouped" else "random",
+        remove_unused_columns=False,
+        report_to=[r for r in t.report_to if r != "tensorboard"],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        ddp_backend="gloo" if not _cuda() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False,
+        average_tokens_across_devices=True,
+        include_num_input_tokens_seen="no",
+        save_only_model=False,
+        logging_nan_inf_filter=False,
+    )
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, tokenizer: Any = None) -> TrainResult:
+    """Run supervised fine-tuning for `cfg`. `resume` is a run folder to continue from its last checkpoint."""
+    import torch
+    from transformers import PrinterCallback
+    from transformers.integrations import TensorBoardCallback
+    from transformers.utils import logging as hf_logging
+
+    from tuneloop import runs
+    from tuneloop.train.methods import count_parameters, wrap
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers|peft")
+    if resume is not None:
+        _check_same_config(cfg, Path(resume) / RESOLVED_FILENAME)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    train_examples, manifest = load_split(cfg, "train")
+    val_examples, _ = load_split(cfg, "val")
+    if not train_examples:
+        raise UserError(f"the train split in {cfg.path(cfg.data.prepared_dir)} is empty; nothing to train on")
+    if model is None:
+        model, tokenizer = load_model(cfg)
+    check_template(manifest, tokenizer)
+    train_items = render_split(train_examples, tokenizer, cfg, "train")
+    val_items = render_split(val_examples, tokenizer, cfg, "val") if val_examples else []
+    if not train_items:
+        raise UserError("no train example has any trained token left; check data.max_length and the rejects report")
+    if not val_items:
+        console.warn("no validation split: no early stopping, best checkpoint or overfitting alarm")
+
+    torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the run's randomness
+    base_type = getattr(model.config, "model_type", "")
+    model = wrap(model, cfg, cfg.train.gradient_checkpointing)
+    params = count_parameters(model)
+    console.note(f"method {cfg.method.name}: {params.describe()}")
+
+    virtual = cfg.method.prompt.num_virtual_tokens if cfg.method.name == "prompt_tuning" else 0
+    can_pack = cfg.method.name not in ("prompt_tuning", "prefix_tuning")
+    layout = choose_layout(
+        cfg.train.batching, [len(i["input_ids"]) for i in train_items], cfg.train.batch_size, model.config, can_pack
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = Collator(pad_id, packed=layout.layout == "packed", prefix_tokens=virtual)
+    probe = collator(train_items[: cfg.train.batch_size])
+    precision, why = choose_precision(cfg.train.precision, model, probe)
+    console.note(f"precision {precision} ({why}); batches {layout.layout} ({layout.reason})")
+    run_dir, resume_from = _run_dir(cfg, resume)
+    console.note(f"model type {base_type or 'unknown'}; run folder {run_dir}")
+
+    if rank0 and resume_from is None:
+        cfg.save_resolved(run_dir)
+        (run_dir / "data-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        runs.record_environment(run_dir, cfg.root)
+    checkpoints = run_dir / "checkpoints"
+    if rank0:
+        checkpoint.remove_incomplete(checkpoints)
+        checkpoint.check_disk(checkpoints, _checkpoint_bytes(model, params.trainable, cfg.method.name))
+
+    args = training_arguments(cfg, run_dir, precision, layout.layout, bool(val_items))
+    stop = GracefulStop()
+    callbacks = [
+        MetricsFile(run_dir / runs.METRICS),
+        Progress(),
+        BestAndEarlyStop(cfg.train.metric, cfg.train.metric == "token_accuracy", cfg.train.early_stopping_patience),
+        OverfitAlarm(cfg.train.overfit_patience),
+        stop,
+    ]
+    if "tensorboard" in cfg.train.report_to:
+        board = TensorBoardCallback()
+        board.logging_dir = str(run_dir / "tensorboard")
+        callbacks.append(board)
+    trainer = make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_items,
+        eval_dataset=val_items or None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        keep_last=cfg.train.keep_last,
+    )
+    trainer.add_callback(FiniteGradients(trainer))
+    trainer.remove_callback(PrinterCallback)  # Progress prints instead
+
+    started = time.perf_counter()
+    stop.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except NonFiniteError as e:
+        last = checkpoint.latest(checkpoints)
+        raise UserError(
+            f"training stopped: {e}. The step was not applied and no checkpoint was written for it"
+            + (f"; the last good checkpoint is {last}" if last else "")
+            + ". Lower train.learning_rate, keep train.max_grad_norm, or inspect those examples "
+            "with `tuneloop data inspect --id ID`"
+        ) from None
+    finally:
+        stop.uninstall()
+    elapsed = time.perf_counter() - started
+    state = trainer.state
+
+    stopped = stop.signal is not None
+    early = not stopped and state.global_step < state.max_steps
+    status = "stopped" if stopped else ("early_stopped" if early else "completed")
+    final_dir = None
+    if not stopped and rank0:
+        final_dir = _save_final(trainer, model, tokenizer, run_dir, state)
+    tokens = trainer.tokens
+    summary = {
+        "status": status,
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "method": cfg.method.name,
+        "parameters": {"trainable": params.trainable, "total": params.total},
+        "precision": {"chosen": precision, "why": why},
+        "batching": {"layout": layout.layout, "why": layout.reason, "padding_fraction": layout.padding_fraction},
+        "examples": {"train": len(train_items), "val": len(val_items)},
+        "best": {"metric": f"eval_{cfg.train.metric}", "value": state.best_metric, "step": state.best_global_step},
+        "this_session": {
+            "seconds": round(elapsed, 2),
+            "trained_tokens": tokens["trained"],
+            "trained_tokens_per_second": round(tokens["trained"] / max(elapsed, 1e-9), 2),
+            "tokens": tokens["real"],
+            "computed_tokens": tokens["computed"],
+            "padding_fraction": round(1 - tokens["real"] / max(tokens["computed"], 1), 4),
+        },
+        "final": str(final_dir.relative_to(run_dir)) if final_dir else None,
+    }
+    if rank0:
+        runs.write_summary(run_dir, summary)
+        runs.plot_losses(run_dir)
+        if stopped:
+            console.note(f"stopped by {stop.signal} at step {state.global_step}; continue with `tuneloop train --resume`")
+    return TrainResult(run_dir, status, state.global_step, final_dir, summary)
+
+
+def _run_dir(cfg: ProjectConfig, resume: Path | None) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to resume from or None)."""
+    from tuneloop import runs
+
+    if resume is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return _shared_run_dir(cfg), None
+        return runs.new_run_dir(cfg), None
+    run_dir = Path(resume)
+    last = checkpoint.latest(run_dir / "checkpoints")
+    if last is None:
+        raise UserError(f"{run_dir} has no complete checkpoint to resume from; start a new run instead")
+    console.note(f"resuming {run_dir.name} from {last.name}")
+    return run_dir, last
+
+
+def _shared_run_dir(cfg: ProjectConfig) -> Path:
+    # Under torchrun every process must agree on one folder: rank 0 creates it, the others read its name.
+    import torch.distributed as dist
+
+    from tuneloop import runs
+
+    if not dist.is_initialized():
+        backend = "nccl" if _cuda() else "gloo"
+        dist.init_process_group(backend)
+    name = [str(runs.new_run_dir(cfg)) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(name, src=0)
+    return Path(name[0])
+
+
+def _check_same_config(cfg: ProjectConfig, saved_path: Path) -> None:
+    import yaml
+
+    if not saved_path.is_file():
+        raise UserError(f"{saved_path.parent} is not a run folder (no {RESOLVED_FILENAME})")
+    saved = yaml.safe_load(saved_path.read_text())
+    current = yaml.safe_load(cfg.to_yaml())
+    diffs = []
+    for section in sorted(set(saved) | set(current)):
+        a, b = saved.get(section) or {}, current.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key) and not (section == "train" and key in RESUMABLE_CHANGES):
+                diffs.append(f"{section}.{key}: {a.get(key)!r} in the run, {b.get(key)!r} now")
+    if diffs:
+        raise UserError(
+            "the config differs from the run being resumed, so resuming would not continue the same training:\n  "
+            + "\n  ".join(diffs)
+            + "\nundo the change, or start a new run without --resume"
+        )
+
+
+def _checkpoint_bytes(model: Any, trainable: int, method: str) -> int:
+    """Rough size of one checkpoint: saved weights plus AdamW's two moments per trainable parameter."""
+    weights = trainable * 4 if method != "full" else sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + trainable * 8 + 1_000_000
+
+
+def _save_final(trainer: Any, model: Any, tokenizer: Any, run_dir: Path, state: Any) -> Path:
+    """final/: the best checkpoint's weights when evaluations ran, else the last step's; with the tokenizer."""
+    best = state.best_global_step
+    if best and best != state.global_step and state.best_model_checkpoint:
+        console.note(f"final weights come from the best checkpoint (step {best}, {state.best_metric:.4f})")
+        trainer._load_best_model()
+    out = run_dir / "final"
+    tmp = run_dir / "final.tmp"
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))  # carries the chat template used in training
+    info = {"step": best if best and state.best_model_checkpoint else state.global_step, "best_metric": state.best_metric}
+    (tmp / "tuneloop.json").write_text(json.dumps(info, indent=2) + "\n")
+    checkpoint.fsync_tree(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
