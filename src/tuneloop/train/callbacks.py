@@ -7,6 +7,7 @@ resumed run behaves as if it had never stopped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -98,7 +99,7 @@ def _fmt(v: float) -> str:
 
 
 class BestAndEarlyStop(TrainerCallback):
-    """Track the best validation metric, force a checkpoint at each new best, stop after `patience` evals without one."""
+    """Track the best validation metric and checkpoint each new best; stop after `patience` evals without one."""
 
     def __init__(self, metric: str, greater_is_better: bool, patience: int | None) -> None:
         self.key = f"eval_{metric}"
@@ -141,8 +142,7 @@ class OverfitAlarm(TrainerCallback):
         if len(points) < self.patience + 1:
             return
         recent = points[-(self.patience + 1) :]
-        pairs = list(zip(recent, recent[1:], strict=False))
-        if all(b[1] < a[1] and b[2] > a[2] for a, b in pairs):
+        if all(b[1] < a[1] and b[2] > a[2] for a, b in itertools.pairwise(recent)):
             start = recent[0][0]
             console.warn(
                 f"overfitting: since step {start}, train loss fell {recent[0][1]:.3f} → {recent[-1][1]:.3f} while "

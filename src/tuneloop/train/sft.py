@@ -194,9 +194,7 @@ def load_model(cfg: ProjectConfig) -> tuple[Any, Any]:
 
         compute = torch_dtype("auto")
         extra = {"quantization_config": quantization_config(cfg, compute), "device_map": {"": _device()}}
-    model, tokenizer = load_causal_lm(
-        cfg.model.name, dtype, cfg.model.trust_remote_code, cfg.model.revision, **extra
-    )
+    model, tokenizer = load_causal_lm(cfg.model.name, dtype, cfg.model.trust_remote_code, cfg.model.revision, **extra)
     model.config.use_cache = False  # a KV cache in training disables packed-sequence masks
     return model, tokenizer
 
@@ -259,7 +257,8 @@ def make_trainer_class() -> type:
             if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
                 loss = loss * self.args.world_size  # DDP averages gradients; the token count is already global
             if not torch.isfinite(loss):
-                raise NonFiniteError(f"the loss became {loss.item()}", self.state.global_step + 1, self.step_example_ids)
+                step = self.state.global_step + 1
+                raise NonFiniteError(f"the loss became {loss.item()}", step, self.step_example_ids)
             if model.training:
                 self.tokens["trained"] += int(count)
                 self.tokens["real"] += int(inputs["tokens"])
@@ -496,7 +495,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
         runs.write_summary(run_dir, summary)
         runs.plot_losses(run_dir)
         if stopped:
-            console.note(f"stopped by {stop.signal} at step {state.global_step}; continue with `tuneloop train --resume`")
+            console.note(f"stopped by {stop.signal} at step {state.global_step}; continue: `tuneloop train --resume`")
     return TrainResult(run_dir, status, state.global_step, final_dir, summary)
 
 
@@ -570,7 +569,8 @@ def _save_final(trainer: Any, model: Any, tokenizer: Any, run_dir: Path, state: 
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))  # carries the chat template used in training
-    info = {"step": best if best and state.best_model_checkpoint else state.global_step, "best_metric": state.best_metric}
+    step = best if best and state.best_model_checkpoint else state.global_step
+    info = {"step": step, "best_metric": state.best_metric}
     (tmp / "tuneloop.json").write_text(json.dumps(info, indent=2) + "\n")
     checkpoint.fsync_tree(tmp)
     shutil.rmtree(out, ignore_errors=True)
