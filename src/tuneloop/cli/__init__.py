@@ -13,6 +13,7 @@ from tuneloop.cli import data as data_cmd
 from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
+from tuneloop.cli import train as train_cmd
 from tuneloop.errors import UserError
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ app.command("init")(init_cmd.init)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.command("models")(models_cmd.models)
+app.command("train")(train_cmd.train)
 app.command("generate")(generate_cmd.generate)
 
 

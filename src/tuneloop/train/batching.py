@@ -53,6 +53,9 @@ class Collator:
             batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
         shift_labels = torch.tensor(labels)
         batch["shift_labels"] = shift_labels
+        # Trainer counts trained tokens over a whole accumulated step only when a batch has "labels"
+        # (it then counts `shift_labels`); the loss is ours and never passes labels to the model.
+        batch["labels"] = shift_labels
         batch["shift_weights"] = torch.tensor(weights, dtype=torch.float32)
         keep = shift_labels != IGNORE
         if self.prefix_tokens:

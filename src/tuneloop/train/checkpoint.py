@@ -53,6 +53,8 @@ def commit(staged: Path, checkpoints: Path, step: int, info: dict) -> Path:
     if final.exists():  # an earlier, interrupted save of the same step
         shutil.rmtree(final)
     os.replace(staged, final)
+    if staged.parent.name == STAGING:
+        staged.parent.rmdir()
     fsync_dir(checkpoints)
     marker = final / MARKER
     tmp = final / (MARKER + ".tmp")

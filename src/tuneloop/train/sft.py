@@ -302,7 +302,6 @@ def make_trainer_class() -> type:
                 staged = staging / f"{checkpoint.PREFIX}{step}"
                 self.state.save_to_json(str(staged / "trainer_state.json"))  # with the real best path
                 checkpoint.commit(staged, checkpoints, step, {"best_step": best, "best_metric": self.state.best_metric})
-                staging.rmdir()
                 best_dir = checkpoints / f"{checkpoint.PREFIX}{best}" if best else None
                 checkpoint.rotate(checkpoints, self.keep_last, best_dir)
             if self.args.world_size > 1:

@@ -1,0 +1,66 @@
+"""A small chat project on the tiny Llama, prepared and ready to train (shared by the training tests)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import yaml
+
+WORDS = "reset password invoice refund login account billing plan upgrade cancel email order ship track".split()
+
+
+def chat_rows(n: int, seed: int = 0, min_words: int = 2, max_words: int = 40) -> list[dict]:
+    """Synthetic support chats with varied lengths (unique, so dedup keeps them all)."""
+    r = random.Random(seed)
+    rows = []
+    for i in range(n):
+        q = " ".join(r.choice(WORDS) for _ in range(r.randint(min_words, max_words)))
+        a = " ".join(r.choice(WORDS) for _ in range(r.randint(min_words, max_words // 2 + 2)))
+        rows.append({"messages": [{"role": "user", "content": f"ticket {i}: {q}"}, {"role": "assistant", "content": a}]})
+    return rows
+
+
+def make_train_project(root: Path, model: Path, rows: list[dict] | None = None, **train: object) -> Path:
+    """Write data + tuneloop.yaml under `root`, run `data prepare`, return the config path."""
+    from tuneloop import config
+    from tuneloop.data.prepare import prepare
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    rows = chat_rows(80) if rows is None else rows
+    (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {
+        "max_steps": 10,
+        "batch_size": 4,
+        "learning_rate": 0.01,
+        "log_every": 1,
+        "eval_every": 5,
+        "save_every": 5,
+        "warmup_ratio": 0.1,
+        "report_to": [],
+        **train,
+    }
+    doc = {
+        "task": {"objective": "answer support tickets", "type": "chat"},
+        "model": {"name": str(model)},
+        "data": {"train": ["data/train.jsonl"], "max_length": 256, "dedup": {"near": "off"}},
+        "method": {"name": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "train": settings,
+    }
+    path = root / "tuneloop.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    prepare(config.load(path), workers=0)
+    return path
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [row["loss"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in row]
+
+
+def adapter_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(str(folder / name))
