@@ -72,7 +72,7 @@ def test_every_trainable_parameter_changes(project: Path, tiny_llama: Path, meth
     from tuneloop.train.methods import wrap
 
     cfg = load(project, f"method.name={method}", "train.max_steps=3", "train.warmup_ratio=0", "train.eval_every=100")
-    model, tokenizer = sft.load_model(cfg)
+    model, _ = sft.load_model(cfg)
     torch.manual_seed(cfg.train.seed)
     wrapped = wrap(model, cfg, gradient_checkpointing=False)
     before = {n: p.detach().clone() for n, p in wrapped.named_parameters() if p.requires_grad}
@@ -317,7 +317,7 @@ def test_overfit_alarm_names_the_step(capsys: pytest.CaptureFixture):
 
 def test_resume_refuses_a_changed_config(project: Path):
     run = sft.train(load(project, "train.max_steps=5")).run_dir
-    with pytest.raises(UserError, match="method.lora"):
+    with pytest.raises(UserError, match=r"method\.lora"):
         sft.train(load(project, "method.lora.r=8"), resume=run)
 
 

@@ -18,7 +18,8 @@ def chat_rows(n: int, seed: int = 0, min_words: int = 2, max_words: int = 40) ->
     for i in range(n):
         q = " ".join(r.choice(WORDS) for _ in range(r.randint(min_words, max_words)))
         a = " ".join(r.choice(WORDS) for _ in range(r.randint(min_words, max_words // 2 + 2)))
-        rows.append({"messages": [{"role": "user", "content": f"ticket {i}: {q}"}, {"role": "assistant", "content": a}]})
+        turns = [{"role": "user", "content": f"ticket {i}: {q}"}, {"role": "assistant", "content": a}]
+        rows.append({"messages": turns})
     return rows
 
 
@@ -56,7 +57,8 @@ def make_train_project(root: Path, model: Path, rows: list[dict] | None = None, 
 
 
 def losses(run_dir: Path) -> list[float]:
-    return [row["loss"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in row]
+    rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [row["loss"] for row in rows if "loss" in row]
 
 
 def adapter_weights(folder: Path) -> dict:
