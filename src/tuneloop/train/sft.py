@@ -291,11 +291,13 @@ def make_trainer_class() -> type:
             checkpoints = Path(self.args.output_dir)
             step = self.state.global_step
             staging = checkpoint.staging_dir(checkpoints) if self.args.should_save else checkpoints / checkpoint.STAGING
+            self.accelerator.wait_for_everyone()  # every rank writes its RNG state into the staging folder
             self.args.output_dir = str(staging)
             try:
                 super()._save_checkpoint(model, trial)
             finally:
                 self.args.output_dir = str(checkpoints)
+            self.accelerator.wait_for_everyone()
             best = self.state.best_global_step
             self.state.best_model_checkpoint = str(checkpoints / f"{checkpoint.PREFIX}{best}") if best else None
             if self.args.should_save:
@@ -304,8 +306,7 @@ def make_trainer_class() -> type:
                 checkpoint.commit(staged, checkpoints, step, {"best_step": best, "best_metric": self.state.best_metric})
                 best_dir = checkpoints / f"{checkpoint.PREFIX}{best}" if best else None
                 checkpoint.rotate(checkpoints, self.keep_last, best_dir)
-            if self.args.world_size > 1:
-                self.accelerator.wait_for_everyone()
+            self.accelerator.wait_for_everyone()
 
     return SFTTrainer
 
@@ -373,6 +374,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
     from tuneloop.train.methods import count_parameters, wrap
 
     hf_logging.set_verbosity_error()
+    console.err.quiet = int(os.environ.get("RANK", "0")) != 0  # one process speaks under torchrun
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers|peft")
     if resume is not None:
         _check_same_config(cfg, Path(resume) / RESOLVED_FILENAME)
@@ -466,15 +468,16 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
     stopped = stop.signal is not None
     early = not stopped and state.global_step < state.max_steps
     status = "stopped" if stopped else ("early_stopped" if early else "completed")
-    final_dir = None
-    if not stopped and rank0:
-        final_dir = _save_final(trainer, model, tokenizer, run_dir, state)
-    tokens = trainer.tokens
+    final_dir = None if stopped else _save_final(trainer, tokenizer, run_dir, state)
+    kinds = ("trained", "real", "computed")
+    counted = torch.tensor([trainer.tokens[k] for k in kinds], dtype=torch.float64)
+    tokens = dict(zip(kinds, trainer.accelerator.reduce(counted, "sum").int().tolist(), strict=True))
     summary = {
         "status": status,
         "steps": state.global_step,
         "max_steps": state.max_steps,
         "method": cfg.method.name,
+        "processes": trainer.args.world_size,
         "parameters": {"trainable": params.trainable, "total": params.total},
         "precision": {"chosen": precision, "why": why},
         "batching": {"layout": layout.layout, "why": layout.reason, "padding_fraction": layout.padding_fraction},
@@ -555,23 +558,29 @@ def _checkpoint_bytes(model: Any, trainable: int, method: str) -> int:
     return weights + trainable * 8 + 1_000_000
 
 
-def _save_final(trainer: Any, model: Any, tokenizer: Any, run_dir: Path, state: Any) -> Path:
-    """final/: the best checkpoint's weights when evaluations ran, else the last step's; with the tokenizer."""
+def _save_final(trainer: Any, tokenizer: Any, run_dir: Path, state: Any) -> Path:
+    """final/: the best checkpoint's weights when evaluations ran, else the last step's; with the tokenizer.
+
+    Called on every rank: under FSDP or DeepSpeed, saving gathers shards from all of them.
+    """
+    import shutil
+
     best = state.best_global_step
     if best and best != state.global_step and state.best_model_checkpoint:
         console.note(f"final weights come from the best checkpoint (step {best}, {state.best_metric:.4f})")
         trainer._load_best_model()
-    out = run_dir / "final"
-    tmp = run_dir / "final.tmp"
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))  # carries the chat template used in training
-    step = best if best and state.best_model_checkpoint else state.global_step
-    info = {"step": step, "best_metric": state.best_metric}
-    (tmp / "tuneloop.json").write_text(json.dumps(info, indent=2) + "\n")
-    checkpoint.fsync_tree(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    out, tmp = run_dir / "final", run_dir / "final.tmp"
+    if trainer.args.should_save:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # safetensors; only the main process writes
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(str(tmp))  # carries the chat template used in training
+        step = best if best and state.best_model_checkpoint else state.global_step
+        (tmp / "tuneloop.json").write_text(json.dumps({"step": step, "best_metric": state.best_metric}, indent=2))
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved config says it all
+        checkpoint.fsync_tree(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    trainer.accelerator.wait_for_everyone()
     return out

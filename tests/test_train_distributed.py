@@ -1,0 +1,60 @@
+"""The same training under torchrun with 2 CPU processes (gloo) matches one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from tests.train_helpers import adapter_weights, losses, make_train_project
+from tuneloop import config
+from tuneloop.train import sft
+
+CPU_CONFIG = REPO / "examples" / "accelerate" / "cpu_2proc.yaml"
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG)],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, tiny_llama: Path, launcher: str):
+    path = make_train_project(tmp_path, tiny_llama, max_steps=4, batch_size=4, eval_every=2, save_every=2)
+    single = sft.train(config.load(path))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, *LAUNCHERS[launcher]]
+    command += ["-m", "tuneloop", "train", "--config", str(path), "--set", "train.batch_size=2"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted((tmp_path / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert len(runs) == 2, "both ranks must share one run folder"
+    double = runs[-1]
+    assert double != single.run_dir
+    assert losses(double) == pytest.approx(losses(single.run_dir), rel=1e-5)
+    evals = [
+        [r["eval_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+        for run in (single.run_dir, double)
+    ]
+    assert evals[1] == pytest.approx(evals[0], rel=1e-5)
+    a, b = adapter_weights(single.run_dir / "final"), adapter_weights(double / "final")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    summary = json.loads((double / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["this_session"]["trained_tokens"] == single.summary["this_session"]["trained_tokens"]
+    assert "checkpoint-4" in {p.name for p in (double / "checkpoints").iterdir()}
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "cpu_2proc"])
+def test_shipped_accelerate_configs_load(name: str):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(REPO / "examples" / "accelerate" / f"{name}.yaml"))
+    assert loaded.num_processes >= 2
