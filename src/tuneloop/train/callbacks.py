@@ -108,8 +108,8 @@ class BestAndEarlyStop(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = (metrics or {}).get(self.key)
-        if value is None or not math.isfinite(value):
-            return
+        if value is None or not math.isfinite(value) or state.global_step == 0:
+            return  # step 0 is the untrained base model: a reference point, not a checkpoint
         best = state.best_metric
         if best is None or (value > best if self.greater else value < best):
             state.best_metric = value

@@ -311,7 +311,9 @@ def make_trainer_class() -> type:
     return SFTTrainer
 
 
-def training_arguments(cfg: ProjectConfig, run_dir: Path, precision: str, layout: str, has_val: bool) -> Any:
+def training_arguments(
+    cfg: ProjectConfig, run_dir: Path, precision: str, layout: str, has_val: bool, resuming: bool = False
+) -> Any:
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -336,6 +338,7 @@ def training_arguments(cfg: ProjectConfig, run_dir: Path, precision: str, layout
         logging_steps=t.log_every,
         logging_first_step=True,
         eval_strategy="steps" if has_val else "no",
+        eval_on_start=has_val and not resuming,  # the base model's validation loss is the zero point
         eval_steps=t.eval_every,
         save_strategy="steps",
         save_steps=t.save_every,
@@ -422,7 +425,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
         checkpoint.remove_incomplete(checkpoints)
         checkpoint.check_disk(checkpoints, _checkpoint_bytes(model, params.trainable, cfg.method.name))
 
-    args = training_arguments(cfg, run_dir, precision, layout.layout, bool(val_items))
+    args = training_arguments(cfg, run_dir, precision, layout.layout, bool(val_items), resume_from is not None)
     stop = GracefulStop()
     callbacks = [
         MetricsFile(run_dir / runs.METRICS),
