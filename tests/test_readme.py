@@ -64,6 +64,10 @@ def test_readme_command_one_on_a_fresh_copy(tmp_path: Path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "demo/tuneloop.yaml").is_file()
     assert (tmp_path / "demo/data/prepared/manifest.json").is_file()
-    # stdout: init's lines, the data table ending with the report path, then the reply
-    reply = result.stdout.split("\nreport: ", 1)[1].split("\n", 1)[1]
+    runs = list((tmp_path / "demo/runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "final/adapter_model.safetensors").is_file()
+    assert "status    completed" in result.stdout
+    assert f"loading smollm2-135m-instruct + {runs[0].resolve() / 'final'}" in result.stderr  # the tuned model
+    # stdout: init's lines, the data table, the training summary ending with the final folder, then the reply
+    reply = result.stdout.split("\nfinal     ", 1)[1].split("\n", 1)[1]
     assert len(reply.split()) >= 5, f"expected a generated reply, got {result.stdout[-500:]!r}"

@@ -340,3 +340,40 @@ def test_cli_train_and_resume(project: Path, cli):
     assert again.code == 0, again.err
     bad = cli("train", "--config", project, "--resume", "--set", "train.learning_rate=0.5")
     assert bad.code == 1 and "train.learning_rate" in bad.err and "Traceback" not in bad.err
+
+
+def test_gradient_checkpointing_and_length_grouping(project: Path):
+    plain = sft.train(load(project, "train.max_steps=3"))
+    checkpointed = sft.train(load(project, "train.max_steps=3", "train.gradient_checkpointing=true"))
+    assert losses(checkpointed.run_dir) == pytest.approx(losses(plain.run_dir), rel=1e-5)
+    grouped = sft.train(load(project, "train.max_steps=3", "train.batching=length_grouped"))
+    session = grouped.summary["this_session"]
+    assert grouped.summary["batching"]["layout"] == "length_grouped"
+    assert session["padding_fraction"] < plain.summary["this_session"]["padding_fraction"]
+
+
+def test_precision_auto_uses_bf16_on_cpu_only_when_it_matches_fp32(project: Path, monkeypatch: pytest.MonkeyPatch):
+    cfg = load(project)
+    model, tokenizer = sft.load_model(cfg)
+    items = sft.render_split(sft.load_split(cfg, "train")[0][:4], tokenizer, cfg, "train")
+    probe = Collator(tokenizer.pad_token_id, packed=False)(items)
+    monkeypatch.setattr(sft, "cpu_supports_bf16", lambda: False)
+    assert sft.choose_precision("auto", model, probe)[0] == "fp32"
+    monkeypatch.setattr(sft, "cpu_supports_bf16", lambda: True)
+    chosen, why = sft.choose_precision("auto", model, probe)
+    assert chosen == "bf16" and "of fp32" in why
+    monkeypatch.setattr(sft, "BF16_TOLERANCE", 0.0)
+    assert sft.choose_precision("auto", model, probe)[0] == "fp32"
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        sft.choose_precision("fp16", model, probe)
+
+
+def test_tensorboard_logs_are_written(project: Path):
+    result = sft.train(load(project, "train.max_steps=2", "train.report_to=[tensorboard]"))
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_missing_prepared_data_says_what_to_run(tmp_path: Path, tiny_llama: Path):
+    (tmp_path / "tuneloop.yaml").write_text(f"task: {{objective: x, type: chat}}\nmodel: {{name: {tiny_llama}}}\n")
+    with pytest.raises(UserError, match="tuneloop data prepare"):
+        sft.train(config.load(tmp_path / "tuneloop.yaml"))

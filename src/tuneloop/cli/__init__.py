@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
@@ -55,6 +56,8 @@ app.command("generate")(generate_cmd.generate)
 
 def main() -> None:
     """Console-script entry point: user errors become one clear message and exit code 1."""
+    # Libraries' deprecation notices are for their callers (us), not for our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         app()
     except UserError as e:

@@ -23,20 +23,30 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply, in tokens.")] = 128,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy (reproducible); >0 samples.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    run: Annotated[
+        str | None,
+        typer.Option("--run", help="Use a trained run's final model: a run folder, or 'latest' under output.dir."),
+    ] = None,
 ) -> None:
-    """Generate a reply with the project's model (or --model) through its chat template."""
-    from tuneloop import console
+    """Generate a reply with the project's model (or --model, or a trained --run) through its chat template."""
+    from tuneloop import console, runs
     from tuneloop.generate import chat_reply
     from tuneloop.models import load_causal_lm
 
-    if model is not None:
-        name, dtype, trust, revision = model, "auto", False, None
-    else:
+    if run is not None:
         cfg = load_config(config_path, overrides)
-        name, dtype = cfg.model.name, cfg.model.dtype
-        trust, revision = cfg.model.trust_remote_code, cfg.model.revision
-    console.note(f"loading {name}")
-    lm, tokenizer = load_causal_lm(name, dtype=dtype, trust_remote_code=trust, revision=revision)
+        run_dir = runs.latest_run(cfg) if run == "latest" else Path(run)
+        console.note(f"loading {cfg.model.name} + {run_dir / 'final'}")
+        lm, tokenizer = runs.load_final(cfg, run_dir)
+    else:
+        if model is not None:
+            name, dtype, trust, revision = model, "auto", False, None
+        else:
+            cfg = load_config(config_path, overrides)
+            name, dtype = cfg.model.name, cfg.model.dtype
+            trust, revision = cfg.model.trust_remote_code, cfg.model.revision
+        console.note(f"loading {name}")
+        lm, tokenizer = load_causal_lm(name, dtype=dtype, trust_remote_code=trust, revision=revision)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     reply, stopped = chat_reply(lm, tokenizer, messages, max_new_tokens, temperature, seed)
     print(reply)

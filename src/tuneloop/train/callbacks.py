@@ -106,6 +106,10 @@ class BestAndEarlyStop(TrainerCallback):
         self.greater = greater_is_better
         self.patience = patience
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps and args.eval_strategy != "no":
+            control.should_evaluate = True  # the last step is always measured, whatever eval_every says
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = (metrics or {}).get(self.key)
         if value is None or not math.isfinite(value) or state.global_step == 0:
