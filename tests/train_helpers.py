@@ -41,6 +41,7 @@ def make_train_project(root: Path, model: Path, rows: list[dict] | None = None, 
         "save_every": 5,
         "warmup_ratio": 0.1,
         "report_to": [],
+        "precision": "fp32",  # pinned losses must not depend on whether this CPU has bf16
         **train,
     }
     doc = {

@@ -89,6 +89,18 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {
 _USER_METRIC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+def _check_metric_names(metrics: list[str]) -> list[str]:
+    """Every name is a known metric or 'module:function'; typos get the closest known name."""
+    bad = [m for m in metrics if m not in METRICS and not _USER_METRIC.match(m)]
+    if bad:
+        hints = []
+        for m in bad:
+            close = difflib.get_close_matches(m, METRICS, n=1)
+            hints.append(f"'{m}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ValueError(f"unknown metric {', '.join(hints)}; known: {', '.join(METRICS)}, or 'module:function'")
+    return metrics
+
+
 def _yaml_off(value: Any) -> Any:
     """YAML 1.1 reads a bare `off` as false; where 'off' is a choice, take it back."""
     return "off" if value is False else value
@@ -118,17 +130,7 @@ class TaskConfig(_Section):
             raise ValueError("write the objective in words, e.g. 'answer billing questions in our tone'")
         return value.strip()
 
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, metrics: list[str]) -> list[str]:
-        bad = [m for m in metrics if m not in METRICS and not _USER_METRIC.match(m)]
-        if bad:
-            hints = []
-            for m in bad:
-                close = difflib.get_close_matches(m, METRICS, n=1)
-                hints.append(f"'{m}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise ValueError(f"unknown metric {', '.join(hints)}; known: {', '.join(METRICS)}, or 'module:function'")
-        return metrics
+    _known_metrics = field_validator("metrics")(lambda metrics: _check_metric_names(metrics))
 
     @model_validator(mode="after")
     def _default_metrics(self) -> TaskConfig:
@@ -303,8 +305,18 @@ class TrainConfig(_Section):
     eval_every: int = Field(default=50, gt=0, description="Steps between validation passes.")
     save_every: int = Field(default=100, gt=0, description="Steps between checkpoints.")
     keep_last: int = Field(default=3, gt=0, description="Checkpoints kept (the best and newest are always kept).")
-    metric: Literal["loss", "token_accuracy"] = Field(
-        default="loss", description="Validation metric that picks the best checkpoint and drives early stopping."
+    metric: str = Field(
+        default="loss",
+        description="Validation metric that picks the best checkpoint and drives early stopping: loss, "
+        "token_accuracy, one of train.eval_metrics, or general_perplexity with train.track_forgetting.",
+    )
+    eval_metrics: list[str] = Field(
+        default_factory=list,
+        description="Task metrics computed on generated answers for a validation subset at every evaluation.",
+    )
+    eval_examples: int = Field(default=32, gt=0, description="Validation examples answered for train.eval_metrics.")
+    track_forgetting: bool = Field(
+        default=False, description="Also measure perplexity on the general set (eval.forgetting) at every evaluation."
     )
     early_stopping_patience: int | None = Field(
         default=None, gt=0, description="Stop after this many evaluations without improvement."
@@ -317,6 +329,84 @@ class TrainConfig(_Section):
         description="Experiment trackers; wandb and mlflow are imported only when listed here.",
     )
     seed: int = 42
+
+    _known_eval_metrics = field_validator("eval_metrics")(lambda metrics: _check_metric_names(metrics))
+
+    @model_validator(mode="after")
+    def _metric_is_measured(self) -> TrainConfig:
+        measured = ["loss", "token_accuracy", *self.eval_metrics] + (["general_perplexity"] * self.track_forgetting)
+        if self.metric not in measured:
+            close = difflib.get_close_matches(self.metric, [*measured, *METRICS, "general_perplexity"], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"train.metric {self.metric!r} is not measured during training{hint} Choose from "
+                f"{', '.join(measured)}; add a task metric to train.eval_metrics, or set train.track_forgetting "
+                "for general_perplexity"
+            )
+        return self
+
+
+class ForgettingConfig(_Section):
+    """Did tuning break general ability? Perplexity on general text and general-knowledge questions."""
+
+    enabled: bool = True
+    path: str | None = Field(
+        default=None, description="Folder with your own text.jsonl and questions.jsonl; empty: the shipped set."
+    )
+    threshold: float = Field(
+        default=0.05, gt=0, description="Flag perplexity up by more than this fraction, or accuracy down by this much."
+    )
+
+
+class RedTeamConfig(_Section):
+    """Adversarial probes answered by base and tuned, shown side by side."""
+
+    enabled: bool = True
+    path: str | None = Field(default=None, description="Your own probes YAML; empty: the shipped probes.")
+
+
+class JudgeConfig(_Section):
+    """An LLM judge behind any OpenAI-compatible endpoint (optional)."""
+
+    url: str | None = Field(default=None, description="Base URL, e.g. http://127.0.0.1:8000/v1; empty: no judge.")
+    model: str = Field(default="judge", description="Model name sent to the endpoint.")
+    api_key_env: str = Field(default="TUNELOOP_JUDGE_KEY", description="Environment variable holding the API key.")
+    mode: Literal["score", "pairwise"] = Field(
+        default="pairwise",
+        description="'score': rate each answer 1-5 against the rubric; 'pairwise': prefer base or tuned, "
+        "asked twice with the order swapped.",
+    )
+    rubric: str = Field(
+        default="Is the answer correct, complete, and does it follow the task? Prefer concise answers.",
+        description="What the judge should look for.",
+    )
+    max_examples: int = Field(default=50, gt=0, description="Judge at most this many test examples.")
+    timeout: float = Field(default=60, gt=0, description="Seconds to wait for one judge reply.")
+
+
+class EvalConfig(_Section):
+    """`tuneloop eval`: base vs tuned on the test split, forgetting, red-team probes, the report."""
+
+    max_new_tokens: int = Field(default=128, gt=0, description="Longest generated answer, in tokens.")
+    batch_size: int = Field(default=16, gt=0, description="Prompts generated together (left-padded, KV cache).")
+    temperature: float = Field(default=0.0, ge=0, description="0 is greedy and reproducible; >0 samples.")
+    seed: int = 0
+    max_examples: int | None = Field(default=None, gt=0, description="Evaluate at most this many test examples.")
+    bootstrap: int = Field(default=1000, ge=100, description="Paired bootstrap resamples for the intervals.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
+    json_schema: str | None = Field(default=None, description="JSON Schema file for the json_schema metric.")
+    test_reuse_warning: int = Field(
+        default=10, gt=0, description="Warn when the same test split has been evaluated this many times."
+    )
+    private_test: str | None = Field(
+        default=None, description="A held-back test file, evaluated once only with `tuneloop eval --private`."
+    )
+    backend: Literal["transformers", "vllm"] = Field(
+        default="transformers", description="Generation backend; vllm needs a GPU and the vllm package."
+    )
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+    redteam: RedTeamConfig = Field(default_factory=RedTeamConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 
 class OutputConfig(_Section):
@@ -334,6 +424,7 @@ class ProjectConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)

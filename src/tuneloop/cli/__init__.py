@@ -11,6 +11,7 @@ import typer
 from tuneloop import __version__
 from tuneloop.cli import config as config_cmd
 from tuneloop.cli import data as data_cmd
+from tuneloop.cli import evaluate as eval_cmd
 from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
@@ -52,6 +53,7 @@ app.add_typer(data_cmd.app, name="data")
 app.command("models")(models_cmd.models)
 app.command("train")(train_cmd.train)
 app.command("generate")(generate_cmd.generate)
+app.command("eval")(eval_cmd.evaluate)
 
 
 def main() -> None:

@@ -194,6 +194,17 @@ class Renderer:
             raise result
         return result
 
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Token ids of a conversation followed by the assistant's generation prompt.
+
+        Evaluation and serving call this, so a model is asked exactly the way it was trained:
+        same template, same tokenization, same single BOS.
+        """
+        self._check_specials(messages)
+        text = self._template(messages, len(messages), True)
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return self._bos(list(ids), [0.0] * len(ids), [(0, 0)] * len(ids))[0]
+
     def _weigh(
         self,
         text: str,

@@ -246,6 +246,7 @@ def make_trainer_class() -> type:
             self.step_example_ids: list[str] = []
             self.tokens = {"trained": 0, "real": 0, "computed": 0}
             self._ids_step = -1
+            self.generation_metrics = None  # set by train(): metrics on generated validation answers
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self._ids_step != self.state.global_step:
@@ -281,6 +282,9 @@ def make_trainer_class() -> type:
                 f"{metric_key_prefix}_loss": loss_sum / max(count, 1),
                 f"{metric_key_prefix}_token_accuracy": correct / max(count, 1),
             }
+            if self.generation_metrics is not None:  # greedy, so every rank gets the same values
+                extra = self.generation_metrics(self.accelerator.unwrap_model(model))
+                metrics.update({f"{metric_key_prefix}_{k}": v for k, v in extra.items()})
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
@@ -374,6 +378,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
     from transformers.utils import logging as hf_logging
 
     from tuneloop import runs
+    from tuneloop.evaluate.runner import higher_is_better, training_evaluator
     from tuneloop.train.methods import count_parameters, wrap
 
     hf_logging.set_verbosity_error()
@@ -430,7 +435,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
     callbacks = [
         MetricsFile(run_dir / runs.METRICS),
         Progress(),
-        BestAndEarlyStop(cfg.train.metric, cfg.train.metric == "token_accuracy", cfg.train.early_stopping_patience),
+        BestAndEarlyStop(cfg.train.metric, higher_is_better(cfg.train.metric), cfg.train.early_stopping_patience),
         OverfitAlarm(cfg.train.overfit_patience),
         stop,
     ]
@@ -449,6 +454,8 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
         keep_last=cfg.train.keep_last,
     )
     trainer.add_callback(FiniteGradients(trainer))
+    if val_items:
+        trainer.generation_metrics = training_evaluator(cfg, val_examples, tokenizer)
     trainer.remove_callback(PrinterCallback)  # Progress prints instead
 
     started = time.perf_counter()

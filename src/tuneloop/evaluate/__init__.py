@@ -1,0 +1,1 @@
+"""The evaluation stage: task metrics, base-vs-tuned comparison and reports."""

@@ -1,0 +1,215 @@
+"""The evaluation report: one self-contained report.html (plots inline as PNG), plus report.md.
+
+metrics.json holds the numbers; this module only presents them. Sections, in order: the test set
+and its reuse, the runs (config, data hashes, loss curves), the metric table with intervals,
+bar charts, the distribution of per-example differences, the largest wins and losses, forgetting,
+output signals, red-team probes, and the judge.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
+
+TOP = 10
+
+
+def write(
+    out_dir: Path,
+    report: dict[str, Any],
+    cfg: ProjectConfig,
+    cases: list[Any],
+    systems: list[Any],
+    scores: dict[str, dict[str, Any]],
+    run_dirs: list[Path],
+) -> tuple[Path, Path]:
+    """Write report.html and report.md into `out_dir`; return their paths."""
+    import jinja2
+
+    primary = cfg.task.metrics[0]
+    context = {
+        "r": report,
+        "objective": cfg.task.objective,
+        "model": cfg.model.name,
+        "primary": primary,
+        "runs": [_run_section(d) for d in run_dirs],
+        "charts": {
+            "metrics": _png(_metric_bars, report, cfg.task.metrics),
+            "differences": _png(_difference_histograms, scores, primary) if len(systems) > 1 else None,
+        },
+        "examples": {s.name: _wins_and_losses(cases, systems, scores, primary, s.name) for s in systems[1:]},
+    }
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["num"] = _num
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    html_path.write_text(env.get_template("report.html.j2").render(**context), encoding="utf-8")
+    md_path.write_text(_markdown(context), encoding="utf-8")
+    return html_path, md_path
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _run_section(run_dir: Path) -> dict[str, Any]:
+    """What the report shows of one run: its config, data hashes and loss curves."""
+    config_text = (run_dir / RESOLVED_FILENAME).read_text() if (run_dir / RESOLVED_FILENAME).is_file() else ""
+    manifest_path = run_dir / "data-manifest.json"
+    hashes = {}
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        hashes = {name: s.get("sha256") for name, s in manifest.get("splits", {}).items()}
+    loss = run_dir / "loss.png"
+    return {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "config": config_text,
+        "hashes": hashes,
+        "loss_png": base64.b64encode(loss.read_bytes()).decode() if loss.is_file() else None,
+    }
+
+
+def _wins_and_losses(cases, systems, scores, metric: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    """The examples where `name` gained or lost most against the base on `metric`."""
+    base = next(s for s in systems if s.name == "base")
+    tuned = next(s for s in systems if s.name == name)
+    sign = 1 if scores["base"][metric].higher_is_better else -1
+    diff = sign * (scores[name][metric].per_example - scores["base"][metric].per_example)
+    order = np.argsort(-diff, kind="stable")
+
+    def row(i: int) -> dict[str, Any]:
+        return {
+            "id": cases[i].id,
+            "prompt": cases[i].prompt,
+            "reference": cases[i].reference or "",
+            "base": base.answers[i].text,
+            "tuned": tuned.answers[i].text,
+            "gain": float(diff[i]),
+        }
+
+    wins = [row(i) for i in order[:TOP] if diff[i] > 0]
+    losses = [row(i) for i in order[::-1][:TOP] if diff[i] < 0]
+    return {"wins": wins, "losses": losses}
+
+
+def _png(draw, *args: Any) -> str:
+    """Run a drawing function on a fresh figure; return the PNG as base64 for an <img> data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(plt, *args)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _metric_bars(plt, report: dict[str, Any], metrics: list[str]):
+    systems = report["systems"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        values = [report["metrics"][s][metric]["value"] for s in systems]
+        ax.bar(range(len(systems)), values, color=["#999"] + ["#3a7"] * (len(systems) - 1))
+        for name in systems[1:]:
+            c = report["comparisons"][name][metric]
+            x = systems.index(name)
+            # The interval is on the difference; drawn around the candidate it shows how far the
+            # candidate could sit from the base under resampling.
+            low, high = c["baseline"] + c["ci_low"], c["baseline"] + c["ci_high"]
+            ax.errorbar(x, c["candidate"], yerr=[[c["candidate"] - low], [high - c["candidate"]]], color="k")
+        ax.set_xticks(range(len(systems)), [s[:14] for s in systems], rotation=20, fontsize=8)
+        ax.set_title(metric, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _difference_histograms(plt, scores: dict[str, dict[str, Any]], metric: str):
+    names = [n for n in scores if n != "base"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        diff = scores[name][metric].per_example - scores["base"][metric].per_example
+        ax.hist(diff, bins=min(30, max(5, len(diff) // 3)), color="#3a7")
+        ax.axvline(0, color="k", lw=1)
+        ax.set_title(f"{name[:24]} − base: per-example {metric}", fontsize=9)
+        ax.set_xlabel("difference")
+        ax.set_ylabel("examples")
+    fig.tight_layout()
+    return fig
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,}"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+
+def _markdown(c: dict[str, Any]) -> str:
+    r = c["r"]
+    lines = [
+        f"# Evaluation: {c['objective']}",
+        "",
+        f"Model {c['model']}; systems: {', '.join(r['systems'])}. Created {r['created']}.",
+        f"Test set: {r['test']['examples']} examples, sha256 `{r['test']['sha256'][:16]}…`, "
+        f"evaluated {r['test']['evaluations']} time(s).",
+    ]
+    if r["test"]["evaluations"] >= r["test"]["reuse_warning_at"]:
+        lines.append(
+            f"\n**Warning:** this test set has been evaluated {r['test']['evaluations']} times; model choices "
+            "made by looking at it overfit it."
+        )
+    for name, per in r["comparisons"].items():
+        lines += ["", f"## {name} vs base", "", "| metric | base | tuned | change | relative | CI | verdict |"]
+        lines.append("|---|---|---|---|---|---|---|")
+        for m, x in per.items():
+            rel = f"{x['relative']:+.1%}" if x["relative"] is not None else "–"
+            lines.append(
+                f"| {m} | {_num(x['baseline'])} | {_num(x['candidate'])} | {x['delta']:+.4g} | {rel} | "
+                f"[{x['ci_low']:+.4g}, {x['ci_high']:+.4g}] | {x['verdict']} |"
+            )
+    if r["forgetting"]:
+        lines += [
+            "",
+            "## Forgetting",
+            "",
+            "| run | measure | base | tuned | change | regressed |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, per in r["forgetting"].items():
+            for m, x in per.items():
+                lines.append(
+                    f"| {name} | {m} | {_num(x['baseline'])} | {_num(x['candidate'])} | {x['change']:+.3g} | "
+                    f"{'**yes**' if x['regressed'] else 'no'} |"
+                )
+    lines += ["", "## Output signals (test answers)", ""]
+    for name, counts in r["output_signals"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if r["redteam"]:
+        lines += ["", "## Red-team probes", ""]
+        for p in r["redteam"]["probes"]:
+            lines.append(f"- **{p['id']}** ({p['category']}): {p['prompt']!r}")
+            for name, answer in p["answers"].items():
+                raised = [k for k, v in p["flags"][name].items() if v is True]
+                lines.append(f"  - {name}: {answer[:200]!r}" + (f" — flags: {', '.join(raised)}" if raised else ""))
+    if r["judge"]:
+        lines += ["", "## Judge", "", "```", json.dumps(r["judge"]["summary"], indent=2), "```"]
+    for name, ex in c["examples"].items():
+        for kind in ("wins", "losses"):
+            lines += ["", f"## Largest {kind}: {name} ({c['primary']})", ""]
+            for e in ex[kind]:
+                lines.append(f"- `{e['id']}` ({e['gain']:+.3g}): {e['prompt'][:160]!r}")
+                lines.append(f"  - reference: {e['reference'][:160]!r}")
+                lines.append(f"  - base: {e['base'][:160]!r}")
+                lines.append(f"  - tuned: {e['tuned'][:160]!r}")
+    return "\n".join(lines) + "\n"
