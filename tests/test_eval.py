@@ -376,3 +376,75 @@ def test_forgetting_section_uses_the_configured_general_set(trained: tuple[Path,
     assert 0 <= verdicts["general_accuracy"]["candidate"] <= 1
     assert "4 texts and 3 questions" in report["general_set"]
     assert "REGRESSED" in (tmp_path / "f/report.html").read_text() or not ppl["regressed"]
+
+
+# --------------------------------------------------------------------------- vLLM backend
+
+
+def test_vllm_backend_gets_our_token_prompts_and_the_adapter(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM needs a GPU, so a stand-in module records what tuneloop asks of vLLM's documented API
+    (LLM, SamplingParams, TokensPrompt, LoRARequest) and answers like it."""
+    import sys
+    import types
+
+    from tuneloop import generate
+    from tuneloop.data.render import Renderer
+    from tuneloop.models import load_tokenizer
+    from tuneloop.train.sft import load_split
+
+    calls: list[dict] = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls.append({"engine": kwargs})
+
+        def generate(self, prompts, params, lora_request=None, use_tqdm=True):
+            calls.append({"prompts": prompts, "params": params, "lora": lora_request})
+            reason = ["stop", "length"]
+            out = types.SimpleNamespace
+            return [
+                out(outputs=[out(text=" answer ", token_ids=[5, 6], finish_reason=reason[i % 2])])
+                for i, _ in enumerate(prompts)
+            ]
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, lambda **kw: kw
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    lora = types.ModuleType("vllm.lora.request")
+    lora.LoRARequest = lambda name, i, path: (name, i, path)
+    for name, module in {
+        "vllm": vllm,
+        "vllm.inputs": inputs,
+        "vllm.lora": types.ModuleType("x"),
+        "vllm.lora.request": lora,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(generate, "_VLLM_ENGINES", {})
+
+    path, run_dir = trained
+    cfg = config.load(
+        path, overrides=["task.metrics=[output_length]", "eval.redteam.enabled=false", "eval.backend=vllm"]
+    )
+    report = evaluate(cfg, [run_dir], out_dir=tmp_path / "v", limit=3).report
+    engines = [c["engine"] for c in calls if "engine" in c]
+    runs = [c for c in calls if "prompts" in c]
+    assert [e["enable_lora"] for e in engines] == [False, True]
+    assert runs[0]["lora"] is None and runs[1]["lora"] == ("tuned", 1, str(run_dir / "final"))
+    tokenizer = load_tokenizer(run_dir / "final")
+    examples = load_split(cfg, "test")[0][:3]
+    expected = [Renderer(tokenizer).prompt_ids(ex.messages[:-1]) for ex in examples]
+    assert [p["prompt_token_ids"] for p in runs[1]["prompts"]] == expected
+    assert runs[1]["params"]["temperature"] == 0.0 and runs[1]["params"]["stop_token_ids"]
+    assert report["output_signals"][run_dir.name]["no_stop"] == 1  # finish_reason "length" on 1 of 3
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    path, run_dir = trained
+    cfg = config.load(
+        path, overrides=["task.metrics=[output_length]", "eval.redteam.enabled=false", "eval.backend=vllm"]
+    )
+    with pytest.raises(UserError, match=r"eval\.backend=vllm needs the vllm package"):
+        evaluate(cfg, [run_dir], out_dir=tmp_path / "n", limit=2)

@@ -196,9 +196,16 @@ def completion_nll(
 
 
 def measure(
-    name: str, model: Any, tokenizer: Any, cfg: ProjectConfig, cases: list[Case], general: Any, probes: list[Any]
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    cfg: ProjectConfig,
+    cases: list[Case],
+    general: Any,
+    probes: list[Any],
+    run_dir: Path | None = None,
 ) -> SystemOutputs:
-    """Generate and measure everything for one model."""
+    """Generate and measure everything for one model (test answers and probes in one batched pass)."""
     from tuneloop.generate import generate_batch
 
     out = SystemOutputs(name)
@@ -208,8 +215,16 @@ def measure(
         "temperature": cfg.eval.temperature,
         "seed": cfg.eval.seed,
     }
-    with console.progress_bar(f"{name}: answering {len(cases)} test prompts", len(cases)) as advance:
-        out.answers = generate_batch(model, tokenizer, [c.conversation for c in cases], **settings, on_batch=advance)
+    conversations = [c.conversation for c in cases] + [p.messages for p in probes]
+    with console.progress_bar(
+        f"{name}: answering {len(conversations)} test prompts and probes", len(conversations)
+    ) as advance:
+        if cfg.eval.backend == "vllm":
+            answers = _generate_vllm(cfg, run_dir, model, tokenizer, conversations, settings)
+            advance(len(conversations))
+        else:
+            answers = generate_batch(model, tokenizer, conversations, **settings, on_batch=advance)
+    out.answers, out.probes = answers[: len(cases)], answers[len(cases) :]
     if "perplexity" in cfg.task.metrics:
         out.completion_nll = completion_nll(model, tokenizer, [c.example for c in cases])
     if general is not None:
@@ -217,10 +232,33 @@ def measure(
 
         console.note(f"{name}: forgetting check on {general.describe()}")
         out.general = forgetting.measure(model, tokenizer, general)
-    if probes:
-        with console.progress_bar(f"{name}: red-team probes", len(probes)) as advance:
-            out.probes = generate_batch(model, tokenizer, [p.messages for p in probes], **settings, on_batch=advance)
     return out
+
+
+def _generate_vllm(cfg, run_dir, model, tokenizer, conversations, settings) -> list[Any]:
+    """Answers from vLLM: the base folder, plus the run's LoRA adapter or its full fine-tuned folder."""
+    from tuneloop.generate import generate_vllm, stop_token_ids
+    from tuneloop.models import resolve
+
+    adapter, path = None, str(resolve(cfg.model.name, cfg.model.revision))
+    if run_dir is not None:
+        final = run_dir / "final"
+        if (final / "adapter_config.json").is_file():
+            adapter = str(final)
+        else:
+            path = str(final)
+    return generate_vllm(
+        path,
+        tokenizer,
+        conversations,
+        adapter=adapter,
+        max_lora_rank=cfg.method.lora.r,
+        max_new_tokens=settings["max_new_tokens"],
+        temperature=settings["temperature"],
+        seed=settings["seed"],
+        trust_remote_code=cfg.model.trust_remote_code,
+        stops=stop_token_ids(model, tokenizer),
+    )
 
 
 def load_system(cfg: ProjectConfig, run_dir: Path | None) -> tuple[Any, Any]:
@@ -420,7 +458,7 @@ def evaluate(
     for name, run_dir in [(BASE, None), *zip(run_names, run_dirs, strict=True)]:
         console.note(f"loading {name}: {cfg.model.name}" + (f" + {run_dir / 'final'}" if run_dir else ""))
         model, tokenizer = load_system(cfg, run_dir)
-        systems.append(measure(name, model, tokenizer, cfg, cases, general, probes))
+        systems.append(measure(name, model, tokenizer, cfg, cases, general, probes, run_dir))
         del model
         gc.collect()
 
