@@ -58,7 +58,7 @@ class GeneralSet:
     folder: Path
 
     def describe(self) -> str:
-        """One line for progress output, e.g. "300 texts and 150 questions (the default WordNet set)"."""
+        """One line for progress output, e.g. "100 texts and 80 questions (the default WordNet set)"."""
         where = "the default WordNet set" if self.folder == DEFAULT_GENERAL else str(self.folder)
         return f"{len(self.texts)} texts and {len(self.questions)} questions ({where})"
 
@@ -86,18 +86,11 @@ def load_general_set(path: Path | None = None) -> GeneralSet:
 
     questions = []
     for where, row in question_rows:
-        error = _field_error(row, {"id": str, "question": str, "choices": list, "answer": int})
-        choices = row.get("choices") if isinstance(row, dict) else None
-        if not error and (len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices)):
-            error = "'choices' must be a list of at least 2 non-empty strings"
-        elif not error and not 0 <= row["answer"] < len(choices):
-            error = f"'answer' is {row['answer']}, not the index of one of the {len(choices)} choices"
-        elif not error and len(set(choices)) != len(choices):
-            error = "two choices are the same text, so the question has no single right answer"
+        error = _question_error(row)
         if error:
             problems.append(f"{where}: {error}")
             continue
-        questions.append(Question(row["id"], row["question"], tuple(choices), row["answer"]))
+        questions.append(Question(row["id"], row["question"], tuple(row["choices"]), row["answer"]))
 
     for rows in (text_rows, question_rows):
         seen: set[str] = set()
@@ -137,6 +130,24 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[tuple[str, Any]]:
     return rows
 
 
+def _question_error(row: Any) -> str | None:
+    """Why `row` is not a valid multiple-choice question, or None."""
+    error = _field_error(row, {"id": str, "question": str, "choices": list, "answer": int})
+    if error:
+        return error
+    choices = row["choices"]
+    if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        return "'choices' must be a list of at least 2 non-empty strings"
+    if not 0 <= row["answer"] < len(choices):
+        return f"'answer' is {row['answer']}, not the index of one of the {len(choices)} choices"
+    if len(set(choices)) != len(choices):
+        return "two choices are the same text, so the question has no single right answer"
+    return None
+
+
+_TYPE_NAMES = {str: "a string", list: "a list", int: "an integer"}
+
+
 def _field_error(row: Any, fields: dict[str, type]) -> str | None:
     """Why `row` is not an object with these fields of these types (non-empty strings), or None."""
     if not isinstance(row, dict):
@@ -147,7 +158,7 @@ def _field_error(row: Any, fields: dict[str, type]) -> str | None:
             return f"missing '{name}'"
         # bool is an int in Python, but `"answer": true` is a mistake, not index 1.
         if not isinstance(value, kind) or isinstance(value, bool):
-            return f"'{name}' must be a {kind.__name__}, got {type(value).__name__}"
+            return f"'{name}' must be {_TYPE_NAMES[kind]}, got {type(value).__name__}"
         if kind is str and not value.strip():
             return f"'{name}' is empty"
     return None
@@ -299,13 +310,16 @@ def choice_accuracy(
     """Accuracy on multiple-choice questions and each question's 0/1 result.
 
     Each choice is scored by the model's mean log-probability per token of the choice text after
-    the question (`choice_prompt`); the best-scoring choice is the model's answer. Why not ask for
-    the answer letter, the other standard way: models below about a billion parameters cannot map
-    letters to listed choices, so they score chance whatever they know (SmolLM2-135M-Instruct: 25%
-    with letters vs ~70% with choice text on the default set), and the check would be blind. The
-    mean rather than the sum keeps longer choices from losing just for being longer. Plain text
-    rather than the chat template: it measured better on SmolLM2 and also works for models that
-    have no chat template.
+    the question (`choice_prompt`); the best-scoring choice is the model's answer. The mean rather
+    than the sum keeps longer choices from losing just for being longer.
+
+    Why not the other standard way, listing lettered choices and comparing the letters' logits:
+    small models cannot map letters to listed choices, so they score chance whatever they know, and
+    the check would be blind. SmolLM2-135M-Instruct on the default set scores 25% with letters
+    (through its chat template) and 54% with choice text. The chat template with the choice as the
+    assistant's reply scores 62%, but its system prompt makes every one of the four sequences per
+    question longer (1.7x the time) and not every model has a template; this plain prompt works
+    for any causal LM and is the usual cloze form (as for ARC and MMLU in lm-evaluation-harness).
     """
     pairs, owner = [], []
     for q_index, q in enumerate(questions):
@@ -317,9 +331,9 @@ def choice_accuracy(
     with _Evaluating(model):
         scored = _continuation_logprobs(model, pairs, batch_size, _pad_id(tokenizer))
     best: list[list[float]] = [[] for _ in questions]
-    for q_index, (logprob, n) in zip(owner, scored):
+    for q_index, (logprob, n) in zip(owner, scored, strict=True):
         best[q_index].append(logprob / n)
-    correct = np.array([int(np.argmax(s) == q.answer) for s, q in zip(best, questions)], dtype=np.int64)
+    correct = np.array([int(np.argmax(s) == q.answer) for s, q in zip(best, questions, strict=True)], dtype=np.int64)
     return (float(correct.mean()) if len(correct) else 0.0), correct
 
 
@@ -345,49 +359,54 @@ def measure(model: Any, tokenizer: Any, general: GeneralSet, batch_size: int = 8
     }
 
 
-def forgetting_check(
-    base: tuple[Any, Any],
-    tuned: tuple[Any, Any],
-    general: GeneralSet,
+def compare_general(
+    base: dict[str, Any],
+    tuned: dict[str, Any],
     threshold: float = 0.05,
-    batch_size: int = 8,
-) -> dict[str, Any]:
-    """Measure base and tuned `(model, tokenizer)` on the general set and flag regressions.
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Compare two `measure` results: the change in each measure, its paired-bootstrap interval, and
+    whether it regressed — perplexity up by more than `threshold` (relative), or accuracy down by more
+    than `threshold` (absolute, in accuracy points: 0.05 is five points)."""
+    from tuneloop.evaluate.compare import MeanScores, bootstrap_indices, compare
 
-    Perplexity regresses when tuned / base - 1 > threshold (relative); accuracy regresses when
-    base - tuned > threshold (absolute, in accuracy points: 0.05 is five points). The result is
-    JSON-serialisable and holds the per-example values (with their ids) for bootstrapping.
-    """
+    def scores(m: dict[str, Any]) -> dict[str, MeanScores]:
+        return {
+            "general_perplexity": MeanScores(
+                "general_perplexity",
+                np.asarray(m["text_nll"]),
+                higher_is_better=False,
+                weights=np.asarray(m["text_tokens"], dtype=float),
+                exp_mean=True,
+            ),
+            "general_accuracy": MeanScores("general_accuracy", np.asarray(m["question_correct"], dtype=float)),
+        }
+
+    b, t = scores(base), scores(tuned)
+    out = {}
+    for name in b:
+        indices = bootstrap_indices(len(b[name].per_example), resamples, seed)
+        c = compare(b[name], t[name], indices, confidence)
+        if name == "general_perplexity":
+            change = c.candidate / c.baseline - 1
+            regressed, rule = change > threshold, f"perplexity up more than {threshold:.0%}"
+        else:
+            change = c.candidate - c.baseline
+            regressed, rule = -change > threshold, f"accuracy down more than {threshold:.2f}"
+        out[name] = {**c.to_json(), "change": change, "regressed": regressed, "rule": rule}
+    return out
+
+
+def forgetting_check(
+    base: tuple[Any, Any], tuned: tuple[Any, Any], general: GeneralSet, threshold: float = 0.05, batch_size: int = 8
+) -> dict[str, Any]:
+    """Measure base and tuned `(model, tokenizer)` on the general set and compare them (`compare_general`)."""
     started = time.perf_counter()
-    b = measure(*base, general, batch_size)
-    t = measure(*tuned, general, batch_size)
-    ppl_change = t["perplexity"] / b["perplexity"] - 1
-    acc_drop = b["accuracy"] - t["accuracy"]
-    perplexity_report = {
-        "base": b["perplexity"],
-        "tuned": t["perplexity"],
-        "relative_change": ppl_change,
-        "regressed": ppl_change > threshold,
-        "ids": list(general.text_ids),
-        # Mean NLL per text; with the token counts, corpus perplexity = exp(sum(nll * tokens) / sum(tokens)).
-        "per_text_nll": {"base": b["text_nll"], "tuned": t["text_nll"]},
-        # Counted per side: a tuned tokenizer that changed the vocabulary would count differently.
-        "per_text_tokens": {"base": b["text_tokens"], "tuned": t["text_tokens"]},
-    }
-    accuracy_report = {
-        "base": b["accuracy"],
-        "tuned": t["accuracy"],
-        "change": t["accuracy"] - b["accuracy"],
-        "relative_change": t["accuracy"] / b["accuracy"] - 1 if b["accuracy"] > 0 else None,
-        "regressed": acc_drop > threshold,
-        "ids": [q.id for q in general.questions],
-        "per_question": {"base": b["question_correct"], "tuned": t["question_correct"]},
-    }
+    verdicts = compare_general(measure(*base, general, batch_size), measure(*tuned, general, batch_size), threshold)
     return {
-        "general_set": str(general.folder),
-        "threshold": threshold,
-        "perplexity": perplexity_report,
-        "accuracy": accuracy_report,
-        "regressed": perplexity_report["regressed"] or accuracy_report["regressed"],
+        **verdicts,
+        "regressed": any(v["regressed"] for v in verdicts.values()),
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -368,45 +368,6 @@ def check_metrics(cfg: ProjectConfig, cases: list[Case], names: list[str] | None
             )
 
 
-def general_scores(general: dict[str, Any]) -> dict[str, MeanScores]:
-    """The forgetting measures as resamplable scores (bootstrap over texts and over questions)."""
-    return {
-        "general_perplexity": MeanScores(
-            "general_perplexity",
-            np.asarray(general["text_nll"]),
-            higher_is_better=False,
-            weights=np.asarray(general["text_tokens"], dtype=float),
-            exp_mean=True,
-        ),
-        "general_accuracy": MeanScores("general_accuracy", np.asarray(general["question_correct"], dtype=float)),
-    }
-
-
-def forgetting_verdicts(
-    base: dict[str, MeanScores],
-    tuned: dict[str, MeanScores],
-    threshold: float,
-    resamples: int,
-    seed: int,
-    confidence: float,
-) -> dict[str, Any]:
-    """Compare general ability; a regression is a change beyond `threshold` in the bad direction."""
-    out = {}
-    for name in base:
-        n = len(base[name].per_example)
-        c = compare(base[name], tuned[name], bootstrap_indices(n, resamples, seed), confidence)
-        if name == "general_perplexity":
-            change = c.candidate / c.baseline - 1
-            regressed = change > threshold
-            rule = f"perplexity up more than {threshold:.0%}"
-        else:
-            change = c.candidate - c.baseline
-            regressed = -change > threshold
-            rule = f"accuracy down more than {threshold:.2f}"
-        out[name] = {**c.to_json(), "change": change, "regressed": regressed, "rule": rule}
-    return out
-
-
 # --------------------------------------------------------------------------- 4. the whole evaluation
 
 
@@ -470,15 +431,12 @@ def evaluate(
     }
     forgetting_result = None
     if general is not None:
-        base_general = general_scores(systems[0].general)
+        from tuneloop.evaluate.forgetting import compare_general
+
+        e = cfg.eval
         forgetting_result = {
-            s.name: forgetting_verdicts(
-                base_general,
-                general_scores(s.general),
-                cfg.eval.forgetting.threshold,
-                cfg.eval.bootstrap,
-                cfg.eval.seed,
-                cfg.eval.confidence,
+            s.name: compare_general(
+                systems[0].general, s.general, e.forgetting.threshold, e.bootstrap, e.seed, e.confidence
             )
             for s in systems[1:]
         }
