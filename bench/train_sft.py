@@ -1,7 +1,7 @@
 """Benchmark `tuneloop train` against plain TRL SFTTrainer on the same model, data and steps.
 
     .venv/bin/python bench/train_sft.py [--quick] [--models smollm2,tiny] [--shapes similar,varied]
-                                        [--steps 12] [--batch-size 8] [--ours auto,padded,packed]
+                                        [--steps 12] [--batch-size 8] [--ours auto,auto@fp32,packed@fp32]
 
 For each model (SmolLM2-135M-Instruct and a tiny config-built Llama) and each length shape
 (`similar`: ~120-token chats; `varied`: 30 to ~700 tokens), both systems train LoRA r=16 on all
@@ -18,6 +18,9 @@ RSS belongs to it alone. Printed per run:
 TRL runs with its defaults, except `bf16=False`: its default bf16 refuses to start on a CPU
 without bf16 support ("Your setup doesn't support bf16/gpu"), as on this machine. Its default
 gradient checkpointing stays on; ours is off by default, which is part of what is compared.
+Ours runs twice by default: with `train.precision: auto` (bf16 autocast where the CPU has native
+bf16 and the loss matches fp32) and forced to fp32, the same precision as TRL. MFU is measured
+against a matmul peak in each run's own precision.
 Absolute times on shared machines are noise: read the ratios, which come from one run.
 """
 
@@ -75,18 +78,19 @@ import torch
 torch.manual_seed(0)
 spec = json.loads(sys.argv[1])
 
-def matmul_peak():
-    # Median of 5 fp32 matmuls sized like a big batch through a linear layer: the machine's
-    # practical peak for the kind of work training does, measured in this process.
+def matmul_peak(precision):
+    # Median of 5 matmuls sized like a big batch through a linear layer, in the precision the run
+    # trained in (bf16 via autocast, as training does): the machine's practical peak, this process.
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    torch.mm(a, b)
     times = []
-    for _ in range(5):
-        t = time.perf_counter(); torch.mm(a, b); times.append(time.perf_counter() - t)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        torch.mm(a, b)
+        for _ in range(5):
+            t = time.perf_counter(); torch.mm(a, b); times.append(time.perf_counter() - t)
     return 2 * 2048 ** 3 / statistics.median(times)
 
 def finish(seconds, counts, extra):
-    out = {"seconds": seconds, **counts, **extra, "peak_flops": matmul_peak(),
+    out = {"seconds": seconds, **counts, **extra, "peak_flops": matmul_peak(extra["precision"]),
            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print("RESULT " + json.dumps(out))
 """
@@ -96,11 +100,12 @@ OURS = (
     + """
 from tuneloop import config
 from tuneloop.train.sft import train
-cfg = config.load(spec["config"], overrides=[f"train.batching={spec['layout']}"])
+layout, _, precision = spec["variant"].partition("@")
+cfg = config.load(spec["config"], overrides=[f"train.batching={layout}", f"train.precision={precision or 'auto'}"])
 result = train(cfg)
 s = result.summary["this_session"]
 finish(s["seconds"], {"trained": s["trained_tokens"], "real": s["tokens"], "computed": s["computed_tokens"]},
-       {"layout": result.summary["batching"]["layout"]})
+       {"layout": result.summary["batching"]["layout"], "precision": result.summary["precision"]["chosen"]})
 """
 )
 
@@ -137,7 +142,7 @@ def counting(features):
 trainer.data_collator = counting  # the dataloader is built inside train(), so it picks this up
 start = time.perf_counter()
 trainer.train()
-finish(time.perf_counter() - start, counts, {"layout": "padded"})
+finish(time.perf_counter() - start, counts, {"layout": "padded", "precision": "fp32"})
 """
 )
 
@@ -238,7 +243,12 @@ def main() -> None:
     parser.add_argument("--shapes", default="similar,varied")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ours", default="auto", help="Our batch layouts to run: auto, padded, packed, length_grouped")
+    parser.add_argument(
+        "--ours",
+        default="auto,auto@fp32",
+        help="Our variants, comma-separated: a batch layout (auto, padded, packed, length_grouped), optionally "
+        "@precision (fp32, bf16); without @, train.precision=auto picks. The first one is the ratio's numerator",
+    )
     parser.add_argument("--quick", action="store_true", help="Tiny model only, 4 steps: checks the script runs")
     args = parser.parse_args()
     if args.quick:
@@ -250,7 +260,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} steps of batch {args.batch_size}"
     )
     header = (
-        f"{'model':8} {'shape':8} {'system':16} {'trained tok/s':>13} {'all tok/s':>9} {'ratio':>6} "
+        f"{'model':8} {'shape':8} {'system':24} {'trained tok/s':>13} {'all tok/s':>9} {'ratio':>6} "
         f"{'peak RSS':>9} {'padding':>8} {'GFLOP/s':>8} {'MFU':>6}"
     )
     print(header)
@@ -270,11 +280,11 @@ def main() -> None:
                     {"model": str(model_dir), "data": str(data_path), "out": str(folder / "trl"), **vars(args)},
                 )
                 results = [("TRL SFTTrainer", trl)]
-                for layout in args.ours.split(","):
-                    ours = run_child(OURS, {"config": str(cfg_path), "layout": layout})
-                    results.append(
-                        (f"tuneloop auto:{ours['layout']}" if layout == "auto" else f"tuneloop {layout}", ours)
-                    )
+                for variant in args.ours.split(","):
+                    ours = run_child(OURS, {"config": str(cfg_path), "variant": variant})
+                    layout = variant.partition("@")[0]
+                    shown = f"auto:{ours['layout']}" if layout == "auto" else layout
+                    results.append((f"tuneloop {shown} {ours['precision']}", ours))
                 base = trl["trained"] / trl["seconds"]
                 for name, r in results:
                     rate = r["trained"] / r["seconds"]
@@ -282,7 +292,7 @@ def main() -> None:
                     # Both systems see every example once when steps × batch = the train split.
                     achieved = flops_per_epoch * (r["real"] / sum(len(i["input_ids"]) for i in items)) / r["seconds"]
                     print(
-                        f"{model_name:8} {shape:8} {name:16} {rate:13.1f} {r['real'] / r['seconds']:9.1f} "
+                        f"{model_name:8} {shape:8} {name:24} {rate:13.1f} {r['real'] / r['seconds']:9.1f} "
                         f"{ratio:5.2f}x {r['rss_mb']:7.0f}MB {1 - r['real'] / r['computed']:8.1%} "
                         f"{achieved / 1e9:8.2f} {achieved / r['peak_flops']:6.1%}",
                         flush=True,

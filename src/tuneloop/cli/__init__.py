@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -60,6 +61,9 @@ def main() -> None:
     """Console-script entry point: user errors become one clear message and exit code 1."""
     # Libraries' deprecation notices are for their callers (us), not for our users.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # On CPUs with AVX512-BF16, bitsandbytes warns that an optional kernel from the hub is missing;
+    # its built-in fallback is what runs, and offline the hub kernel could not be fetched anyway.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         app()
     except UserError as e:
