@@ -3,9 +3,9 @@
     .venv/bin/python bench/eval_generate.py [--prompts 48] [--max-new-tokens 48] [--model smollm2-135m-instruct]
 
 Three ways to answer the same chat prompts with the same greedy decoding, in one process:
-- naive: one prompt at a time, the whole sequence re-run for every new token (no KV cache) —
-  what a first hand-written loop does;
-- tuneloop batch 1: `generate_batch(..., batch_size=1)` (KV cache, one prompt at a time);
+- naive: a loop over prompts, each through `apply_chat_template` + transformers' `generate`
+  (KV cache on) — the obvious first implementation;
+- tuneloop batch 1: `generate_batch(..., batch_size=1)` (our renderer's prompt, one at a time);
 - tuneloop batch 16: `generate_batch(..., batch_size=16)` (length-sorted, left-padded batches).
 Prints generated tokens/s and each ratio to the naive loop, and checks the three agree on the
 answers (greedy decoding must not depend on batching). Times are medians of --repeats runs.
@@ -31,25 +31,18 @@ def prompts(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
     return out
 
 
-def naive(model, tokenizer, conversations, max_new_tokens: int) -> list[list[int]]:
-    """Greedy decoding the slow obvious way: full forward pass per token, one prompt at a time."""
+def naive(model, tokenizer, conversations, max_new_tokens: int) -> list[str]:
+    """The obvious loop: one prompt at a time through transformers' `generate` (KV cache on, greedy)."""
     import torch
 
-    from tuneloop.data.render import Renderer
-    from tuneloop.generate import stop_token_ids
-
-    renderer, stops, answers = Renderer(tokenizer), stop_token_ids(model, tokenizer), []
+    answers = []
     with torch.inference_mode():
         for conversation in conversations:
-            ids = renderer.prompt_ids(conversation)
-            new: list[int] = []
-            for _ in range(max_new_tokens):
-                logits = model(input_ids=torch.tensor([ids + new]), use_cache=False).logits
-                token = int(logits[0, -1].argmax())
-                new.append(token)
-                if token in stops:
-                    break
-            answers.append(new)
+            encoded = tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False)
+            answers.append(output[0, encoded["input_ids"].shape[1] :].tolist())
     return answers
 
 
@@ -83,7 +76,7 @@ def main() -> None:
 
     naive_answers, naive_seconds = timed(lambda: naive(model, tokenizer, conversations, args.max_new_tokens))
     naive_tokens = sum(len(a) for a in naive_answers)
-    rows = [("naive loop (no KV cache)", naive_tokens, naive_seconds)]
+    rows = [("naive loop (generate each)", naive_tokens, naive_seconds)]
     texts = {"naive": [tokenizer.decode(a, skip_special_tokens=True).strip() for a in naive_answers]}
     for batch_size in (1, 16):
         answers, seconds = timed(

@@ -320,7 +320,9 @@ def test_judge_down_is_an_error_not_a_zero(trained: tuple[Path, Path], tmp_path:
 # --------------------------------------------------------------------------- during training
 
 
-def test_generation_metrics_during_training_pick_the_best_checkpoint(trained: tuple[Path, Path]) -> None:
+def test_generation_metrics_during_training_pick_the_best_checkpoint(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
     from tuneloop.train.sft import train
 
     path, _ = trained
@@ -330,6 +332,8 @@ def test_generation_metrics_during_training_pick_the_best_checkpoint(trained: tu
             "train.eval_metrics=[rougeL,output_length]",
             "train.metric=rougeL",
             "train.eval_examples=4",
+            "train.track_forgetting=true",
+            f"eval.forgetting.path={_small_general_set(tmp_path)}",
             "eval.max_new_tokens=6",
         ],
     )
@@ -338,13 +342,13 @@ def test_generation_metrics_during_training_pick_the_best_checkpoint(trained: tu
     evals = [r for r in rows if "eval_rougeL" in r]
     assert [r["step"] for r in evals] == [0, 5, 10]
     assert all(0 <= r["eval_rougeL"] <= 1 and r["eval_output_length"] >= 0 for r in evals)
+    assert all(r["eval_general_perplexity"] > 1 for r in evals)
     best = result.summary["best"]
     assert best["metric"] == "eval_rougeL"
     assert best["value"] == max(r["eval_rougeL"] for r in evals if r["step"] > 0)
 
 
-def test_forgetting_section_uses_the_configured_general_set(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    path, run_dir = trained
+def _small_general_set(tmp_path: Path) -> Path:
     general = tmp_path / "general"
     general.mkdir()
     texts = [{"id": f"t{i}", "text": f"The account plan {i} renews every month on the billing date."} for i in range(4)]
@@ -359,6 +363,12 @@ def test_forgetting_section_uses_the_configured_general_set(trained: tuple[Path,
     ]
     (general / "text.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
     (general / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return general
+
+
+def test_forgetting_section_uses_the_configured_general_set(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    path, run_dir = trained
+    general = _small_general_set(tmp_path)
     cfg = config.load(
         path,
         overrides=[
@@ -448,3 +458,35 @@ def test_vllm_backend_without_vllm_is_a_clear_error(trained: tuple[Path, Path], 
     )
     with pytest.raises(UserError, match=r"eval\.backend=vllm needs the vllm package"):
         evaluate(cfg, [run_dir], out_dir=tmp_path / "n", limit=2)
+
+
+def test_several_runs_are_each_compared_with_the_base(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from tuneloop.train.sft import train
+
+    path, first = trained
+    second = train(config.load(path, overrides=["train.max_steps=2", "train.eval_every=100"])).run_dir
+    cfg = config.load(path, overrides=["task.metrics=[output_length,rougeL]", "eval.redteam.enabled=false"])
+    report = evaluate(cfg, [first, second], limit=3).report
+    assert report["systems"] == ["base", first.name, second.name]
+    assert set(report["comparisons"]) == {first.name, second.name}
+    out_dir = cfg.path(cfg.output.dir) / "evals"
+    assert [p.name for p in out_dir.iterdir()] and (next(out_dir.iterdir()) / "report.html").is_file()
+
+
+def test_score_judge_reports_mean_scores(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    path, run_dir = trained
+    server = _serve(lambda prompt: "Score: 4")
+    try:
+        cfg = config.load(
+            path,
+            overrides=[
+                "task.metrics=[output_length]",
+                "eval.redteam.enabled=false",
+                "eval.judge.mode=score",
+                f"eval.judge.url=http://127.0.0.1:{server.server_port}/v1",
+            ],
+        )
+        summary = evaluate(cfg, [run_dir], out_dir=tmp_path / "s", limit=4).report["judge"]["summary"][run_dir.name]
+    finally:
+        server.shutdown()
+    assert summary["base_mean_score"] == summary["tuned_mean_score"] == 4.0 and summary["unparsed"] == 0
