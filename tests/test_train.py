@@ -377,3 +377,30 @@ def test_missing_prepared_data_says_what_to_run(tmp_path: Path, tiny_llama: Path
     (tmp_path / "tuneloop.yaml").write_text(f"task: {{objective: x, type: chat}}\nmodel: {{name: {tiny_llama}}}\n")
     with pytest.raises(UserError, match="tuneloop data prepare"):
         sft.train(config.load(tmp_path / "tuneloop.yaml"))
+
+
+def test_qlora_gradients_survive_an_evaluation_pass(project: Path):
+    """bitsandbytes repacks 4-bit weights for inference on AVX512-BF16 CPUs in eval mode, and the
+    repacked kernel has no backward: gradients after the first validation pass must not change."""
+    from tuneloop.train.methods import wrap
+
+    cfg = load(project, "method.name=qlora")
+    model, tokenizer = sft.load_model(cfg)
+    torch.manual_seed(0)
+    model = wrap(model, cfg, gradient_checkpointing=False)
+    items = sft.render_split(sft.load_split(cfg, "train")[0][:4], tokenizer, cfg, "train")
+    batch = Collator(tokenizer.pad_token_id, packed=False)(items)
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.train()
+        model.zero_grad()
+        loss_sum, count, _ = sft.token_loss(model, batch)
+        (loss_sum / count).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    before = grads()
+    model.eval()
+    with torch.no_grad():
+        sft.token_loss(model, batch)
+    after = grads()
+    assert all(torch.allclose(before[n], after[n], atol=1e-6) for n in before)

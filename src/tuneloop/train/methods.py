@@ -111,9 +111,24 @@ def wrap(model: Any, cfg: ProjectConfig, gradient_checkpointing: bool) -> Any:
         return model
     if cfg.method.name == "qlora":
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        keep_4bit_weights_trainable(model)
     elif gradient_checkpointing:
         model.enable_input_require_grads()
     try:
         return peft.get_peft_model(model, config)
     except ValueError as e:  # e.g. target modules that do not exist in this architecture
         raise UserError(f"method {cfg.method.name}: {e}") from e
+
+
+def keep_4bit_weights_trainable(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference during evaluation.
+
+    On CPUs with AVX512-BF16, a Linear4bit in eval mode converts its weight once, for good, to a
+    layout whose kernel has no backward. Training after the first validation pass would then get
+    no gradient through the frozen base layers (bitsandbytes only warns), so every adapter below
+    the top layer would silently stop learning.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
