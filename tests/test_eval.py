@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.train_helpers import make_train_project
+from tests.train_helpers import chat_rows, make_train_project
 from tuneloop import config
 from tuneloop.errors import UserError
 from tuneloop.evaluate import redteam
@@ -25,7 +25,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> tuple
     """A prepared project with one finished 10-step run: (config path, run folder)."""
     from tuneloop.train.sft import train
 
-    path = make_train_project(tmp_path_factory.mktemp("eval"), tiny_llama)
+    # 120 rows: a 12-example test split, enough for the bootstrap to call a change significant.
+    path = make_train_project(tmp_path_factory.mktemp("eval"), tiny_llama, chat_rows(120))
     _edit(path, eval={"max_new_tokens": 12, "bootstrap": 200, "forgetting": {"enabled": False}})
     result = train(config.load(path))
     return path, result.run_dir
@@ -490,3 +491,11 @@ def test_score_judge_reports_mean_scores(trained: tuple[Path, Path], tmp_path: P
     finally:
         server.shutdown()
     assert summary["base_mean_score"] == summary["tuned_mean_score"] == 4.0 and summary["unparsed"] == 0
+
+
+def test_too_few_examples_are_never_significant() -> None:
+    """One example resamples into itself: a zero-width interval is not certainty."""
+    base, tuned = MeanScores("acc", np.array([0.0] * 3)), MeanScores("acc", np.array([1.0] * 3))
+    c = compare(base, tuned, bootstrap_indices(3, 200))
+    assert c.ci_low == c.ci_high == 1.0
+    assert not c.significant and c.verdict.startswith("too few examples")

@@ -221,7 +221,7 @@ def test_the_same_model_twice_shows_no_change_and_the_result_is_json(tiny, tmp_p
     json.dumps(result, allow_nan=False)
     ppl, acc = result["general_perplexity"], result["general_accuracy"]
     assert ppl["change"] == pytest.approx(0.0, abs=1e-12) and acc["change"] == 0.0
-    assert ppl["ci_low"] == ppl["ci_high"] == 0.0 and ppl["verdict"] == "no significant change"
+    assert ppl["ci_low"] == ppl["ci_high"] == 0.0 and not ppl["significant"]
     assert not result["regressed"] and not ppl["regressed"] and not acc["regressed"]
 
 
@@ -237,7 +237,7 @@ def test_a_noisy_copy_is_flagged_and_the_threshold_rules_apply(tiny, tmp_path):
     ppl, acc = result["general_perplexity"], result["general_accuracy"]
     change = ppl["candidate"] / ppl["baseline"] - 1
     assert ppl["change"] == pytest.approx(change)
-    assert change > 0.05 and ppl["regressed"] and result["regressed"] and ppl["verdict"] == "worse"
+    assert change > 0.05 and ppl["regressed"] and result["regressed"]  # the threshold rule, whatever n is
     drop = acc["baseline"] - acc["candidate"]
     assert acc["regressed"] == (drop > 0.05)
     lenient = forgetting_check(tiny, (broken, tokenizer), general, threshold=change + 1)

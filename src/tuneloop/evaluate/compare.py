@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+MIN_EXAMPLES = 10  # below this, no change is called significant
+
 
 class Resamplable(Protocol):
     """What a metric's scores must offer: the value on all examples, and on a resampled index set."""
@@ -35,7 +37,7 @@ class Comparison:
     ci_low: float
     ci_high: float
     significant: bool
-    verdict: str  # "better", "worse" or "no significant change"
+    verdict: str  # "better", "worse", "no significant change" or "too few examples (< 10)"
     higher_is_better: bool
 
     def to_json(self) -> dict[str, Any]:
@@ -53,9 +55,15 @@ def compare(baseline: Resamplable, candidate: Resamplable, indices: np.ndarray, 
     tail = (1 - confidence) / 2 * 100
     low, high = (float(x) for x in np.percentile(diffs, [tail, 100 - tail]))
     delta = candidate.value - baseline.value
-    significant = low > 0 or high < 0
+    # A handful of examples resamples into a handful of distinct sets: the interval looks narrow
+    # because it cannot vary, not because the change is certain.
+    enough = indices.shape[1] >= MIN_EXAMPLES
+    significant = enough and (low > 0 or high < 0)
     improved = (delta > 0) == baseline.higher_is_better
-    verdict = ("better" if improved else "worse") if significant else "no significant change"
+    if not enough:
+        verdict = f"too few examples (< {MIN_EXAMPLES})"
+    else:
+        verdict = ("better" if improved else "worse") if significant else "no significant change"
     return Comparison(
         metric=baseline.name,
         baseline=baseline.value,

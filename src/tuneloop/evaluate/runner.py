@@ -396,6 +396,12 @@ def evaluate(
             raise UserError(f"{d} has no final/ model; finish it with `tuneloop train --resume` first")
     uses = record_test_use(cfg, test_sha, run_names, private)
     console.note(f"test set: {len(cases)} examples from the {source} (evaluated {uses} time(s) so far)")
+    if len(cases) < 30:
+        console.warn(
+            f"only {len(cases)} test examples: intervals will be wide and changes rarely significant"
+            + (" (none is called significant below 10)" if len(cases) < 10 else "")
+            + "; give the test split at least 100 examples for a verdict you can trust"
+        )
     if uses >= cfg.eval.test_reuse_warning:
         console.warn(
             f"this test set has been evaluated {uses} times; choices made by looking at it overfit it. "
