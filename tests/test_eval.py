@@ -32,6 +32,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> tuple
     return path, result.run_dir
 
 
+def _quick_config(path: Path, *overrides: str) -> config.ProjectConfig:
+    """The project's config for tests that only need one cheap metric and no red-team probes."""
+    return config.load(path, overrides=["task.metrics=[output_length]", "eval.redteam.enabled=false", *overrides])
+
+
 def _edit(path: Path, **sections: dict) -> None:
     doc = yaml.safe_load(path.read_text())
     for name, values in sections.items():
@@ -181,15 +186,7 @@ def test_eval_writes_every_report_section(trained: tuple[Path, Path], tmp_path: 
 
 def test_test_set_reuse_is_counted_and_warned(trained: tuple[Path, Path], tmp_path: Path) -> None:
     path, run_dir = trained
-    cfg = config.load(
-        path,
-        overrides=[
-            "task.metrics=[output_length]",
-            "eval.redteam.enabled=false",
-            "eval.test_reuse_warning=2",
-            f"output.dir={tmp_path / 'runs'}",
-        ],
-    )
+    cfg = _quick_config(path, "eval.test_reuse_warning=2", f"output.dir={tmp_path / 'runs'}")
     first = evaluate(cfg, [run_dir], out_dir=tmp_path / "a", limit=2).report
     second = evaluate(cfg, [run_dir], out_dir=tmp_path / "b", limit=2).report
     assert (first["test"]["evaluations"], second["test"]["evaluations"]) == (1, 2)
@@ -282,14 +279,7 @@ def test_pairwise_judge_swaps_positions(trained: tuple[Path, Path], tmp_path: Pa
     path, run_dir = trained
     server = _serve(rule)
     try:
-        cfg = config.load(
-            path,
-            overrides=[
-                "task.metrics=[output_length]",
-                "eval.redteam.enabled=false",
-                f"eval.judge.url=http://127.0.0.1:{server.server_port}/v1",
-            ],
-        )
+        cfg = _quick_config(path, f"eval.judge.url=http://127.0.0.1:{server.server_port}/v1")
         report = evaluate(cfg, [run_dir], out_dir=tmp_path / "j", limit=6).report
     finally:
         server.shutdown()
@@ -306,14 +296,7 @@ def test_pairwise_judge_swaps_positions(trained: tuple[Path, Path], tmp_path: Pa
 
 def test_judge_down_is_an_error_not_a_zero(trained: tuple[Path, Path], tmp_path: Path) -> None:
     path, run_dir = trained
-    cfg = config.load(
-        path,
-        overrides=[
-            "task.metrics=[output_length]",
-            "eval.redteam.enabled=false",
-            "eval.judge.url=http://127.0.0.1:9/v1",
-        ],
-    )
+    cfg = _quick_config(path, "eval.judge.url=http://127.0.0.1:9/v1")
     with pytest.raises(UserError, match=r"judge endpoint .* is not reachable"):
         evaluate(cfg, [run_dir], out_dir=tmp_path / "d", limit=2)
 
@@ -370,15 +353,7 @@ def _small_general_set(tmp_path: Path) -> Path:
 def test_forgetting_section_uses_the_configured_general_set(trained: tuple[Path, Path], tmp_path: Path) -> None:
     path, run_dir = trained
     general = _small_general_set(tmp_path)
-    cfg = config.load(
-        path,
-        overrides=[
-            "task.metrics=[output_length]",
-            "eval.redteam.enabled=false",
-            "eval.forgetting.enabled=true",
-            f"eval.forgetting.path={general}",
-        ],
-    )
+    cfg = _quick_config(path, "eval.forgetting.enabled=true", f"eval.forgetting.path={general}")
     report = evaluate(cfg, [run_dir], out_dir=tmp_path / "f", limit=2).report
     verdicts = report["forgetting"][run_dir.name]
     ppl = verdicts["general_perplexity"]
@@ -436,9 +411,7 @@ def test_vllm_backend_gets_our_token_prompts_and_the_adapter(
     monkeypatch.setattr(generate, "_VLLM_ENGINES", {})
 
     path, run_dir = trained
-    cfg = config.load(
-        path, overrides=["task.metrics=[output_length]", "eval.redteam.enabled=false", "eval.backend=vllm"]
-    )
+    cfg = _quick_config(path, "eval.backend=vllm")
     report = evaluate(cfg, [run_dir], out_dir=tmp_path / "v", limit=3).report
     engines = [c["engine"] for c in calls if "engine" in c]
     runs = [c for c in calls if "prompts" in c]
@@ -454,9 +427,7 @@ def test_vllm_backend_gets_our_token_prompts_and_the_adapter(
 
 def test_vllm_backend_without_vllm_is_a_clear_error(trained: tuple[Path, Path], tmp_path: Path) -> None:
     path, run_dir = trained
-    cfg = config.load(
-        path, overrides=["task.metrics=[output_length]", "eval.redteam.enabled=false", "eval.backend=vllm"]
-    )
+    cfg = _quick_config(path, "eval.backend=vllm")
     with pytest.raises(UserError, match=r"eval\.backend=vllm needs the vllm package"):
         evaluate(cfg, [run_dir], out_dir=tmp_path / "n", limit=2)
 
@@ -478,15 +449,7 @@ def test_score_judge_reports_mean_scores(trained: tuple[Path, Path], tmp_path: P
     path, run_dir = trained
     server = _serve(lambda prompt: "Score: 4")
     try:
-        cfg = config.load(
-            path,
-            overrides=[
-                "task.metrics=[output_length]",
-                "eval.redteam.enabled=false",
-                "eval.judge.mode=score",
-                f"eval.judge.url=http://127.0.0.1:{server.server_port}/v1",
-            ],
-        )
+        cfg = _quick_config(path, "eval.judge.mode=score", f"eval.judge.url=http://127.0.0.1:{server.server_port}/v1")
         summary = evaluate(cfg, [run_dir], out_dir=tmp_path / "s", limit=4).report["judge"]["summary"][run_dir.name]
     finally:
         server.shutdown()
