@@ -93,23 +93,22 @@ def test_rouge_is_rouge_score_f_measure_with_stemming(name):
     assert result.resample(REPEATED) == pytest.approx(np.mean(again))
 
 
-def test_bleu_is_sacrebleu_corpus_bleu_and_sentence_bleu_per_example():
-    result = score("bleu")
-    assert result.value == sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score
-    expected = [sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(PREDICTIONS, REFERENCES, strict=True)]
+@pytest.mark.parametrize(
+    ("name", "corpus", "sentence"),
+    [
+        ("bleu", sacrebleu.corpus_bleu, sacrebleu.sentence_bleu),
+        ("chrf", sacrebleu.corpus_chrf, sacrebleu.sentence_chrf),
+    ],
+)
+def test_sacrebleu_metrics_are_its_corpus_and_sentence_scores(name, corpus, sentence):
+    result = score(name)
+    assert result.value == corpus(PREDICTIONS, [REFERENCES]).score
+    expected = [sentence(p, [r]).score for p, r in zip(PREDICTIONS, REFERENCES, strict=True)]
     np.testing.assert_allclose(result.per_example, expected)
-    resampled = sacrebleu.corpus_bleu(pick(PREDICTIONS, REPEATED), [pick(REFERENCES, REPEATED)]).score
+    resampled = corpus(pick(PREDICTIONS, REPEATED), [pick(REFERENCES, REPEATED)]).score
     assert result.resample(REPEATED) == pytest.approx(resampled, abs=1e-9)
-    assert result.details["signature"].startswith("nrefs:1|")
-
-
-def test_chrf_is_sacrebleu_corpus_chrf_and_sentence_chrf_per_example():
-    result = score("chrf")
-    assert result.value == sacrebleu.corpus_chrf(PREDICTIONS, [REFERENCES]).score
-    expected = [sacrebleu.sentence_chrf(p, [r]).score for p, r in zip(PREDICTIONS, REFERENCES, strict=True)]
-    np.testing.assert_allclose(result.per_example, expected)
-    resampled = sacrebleu.corpus_chrf(pick(PREDICTIONS, REPEATED), [pick(REFERENCES, REPEATED)]).score
-    assert result.resample(REPEATED) == pytest.approx(resampled, abs=1e-9)
+    if name == "bleu":
+        assert result.details["signature"].startswith("nrefs:1|")
 
 
 def test_normalize_answer_is_squad_style():
