@@ -30,7 +30,7 @@ from tuneloop.errors import UserError
 CONFIG_FILENAME = "tuneloop.yaml"
 RESOLVED_FILENAME = "config.resolved.yaml"
 
-TaskType = Literal["instruction", "chat", "summarization", "qa", "classification", "preference"]
+TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
 MethodName = Literal["full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning"]
 DataFormat = Literal[
     "auto",
@@ -71,6 +71,7 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "chat": ["rougeL", "perplexity"],
     "summarization": ["rouge1", "rouge2", "rougeL"],
     "qa": ["normalized_exact_match", "rougeL"],
+    "extraction": ["json_valid", "exact_match"],
     "classification": ["accuracy", "f1"],
     "preference": ["preference_accuracy"],
 }
@@ -284,6 +285,12 @@ class TrainConfig(_Section):
 
     epochs: float = Field(default=3, gt=0)
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps.")
+    examples: int | None = Field(
+        default=None,
+        gt=0,
+        description="Train on a seeded random subset of this many train examples (nested: a smaller subset is "
+        "always inside a larger one with the same seed). `tuneloop curve` sets it; empty: all of train.",
+    )
     batch_size: int = Field(default=8, gt=0, description="Examples per device per micro-batch.")
     grad_accum: int = Field(default=1, gt=0, description="Micro-batches per optimizer step.")
     learning_rate: float | None = Field(

@@ -17,6 +17,7 @@ OBJECTIVES = {
     "instruction": "Follow short writing and editing instructions in our house style.",
     "summarization": "Summarize a support ticket in one line that an agent can act on.",
     "qa": "Answer questions about our policies using only the policy text given.",
+    "extraction": "Turn each support ticket into a JSON record our helpdesk can file: category, priority, product.",
     "classification": "Route each support message to the right team: billing, technical or account.",
     "preference": "Prefer helpful, specific answers over dismissive ones.",
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -68,6 +69,18 @@ def load_split(cfg: ProjectConfig, name: str) -> tuple[list[Example], dict]:
         return [], manifest
     examples = [Example.from_json(json.loads(line)) for line in path.open(encoding="utf-8") if line.strip()]
     return examples, manifest
+
+
+def subset(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """A seeded random subset of n examples; for one seed, a smaller subset is always inside a larger one."""
+    if n > len(examples):
+        raise UserError(
+            f"train.examples is {n:,} but the train split has {len(examples):,} examples; "
+            "lower train.examples or leave it empty to train on all of them"
+        )
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in sorted(order[:n])]
 
 
 def check_template(manifest: dict, tokenizer: Any) -> None:
@@ -370,8 +383,19 @@ def _cuda() -> bool:
 # --------------------------------------------------------------------------- the run
 
 
-def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, tokenizer: Any = None) -> TrainResult:
-    """Run supervised fine-tuning for `cfg`. `resume` is a run folder to continue from its last checkpoint."""
+def train(
+    cfg: ProjectConfig,
+    *,
+    resume: Path | None = None,
+    run_dir: Path | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> TrainResult:
+    """Run supervised fine-tuning for `cfg`.
+
+    `resume` is a run folder to continue from its last checkpoint; `run_dir` is an empty folder, made by
+    the caller, to start a new run in (default: a fresh one under output.dir).
+    """
     import torch
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
@@ -392,6 +416,8 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
     val_examples, _ = load_split(cfg, "val")
     if not train_examples:
         raise UserError(f"the train split in {cfg.path(cfg.data.prepared_dir)} is empty; nothing to train on")
+    if cfg.train.examples is not None:
+        train_examples = subset(train_examples, cfg.train.examples, cfg.data.seed)
     if model is None:
         model, tokenizer = load_model(cfg)
     check_template(manifest, tokenizer)
@@ -418,7 +444,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, model: Any = None, 
     probe = collator(train_items[: cfg.train.batch_size])
     precision, why = choose_precision(cfg.train.precision, model, probe)
     console.note(f"precision {precision} ({why}); batches {layout.layout} ({layout.reason})")
-    run_dir, resume_from = _run_dir(cfg, resume)
+    run_dir, resume_from = (run_dir, None) if run_dir is not None and resume is None else _run_dir(cfg, resume)
     console.note(f"model type {base_type or 'unknown'}; run folder {run_dir}")
 
     if rank0 and resume_from is None:
