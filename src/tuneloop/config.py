@@ -475,6 +475,20 @@ def load(path: str | Path = CONFIG_FILENAME, overrides: Sequence[str] = ()) -> P
         raise UserError(f"config file {path} not found; {hint}")
     text = path.read_text(encoding="utf-8")
     data, lines = _parse_yaml(text, str(path))
+    cfg = _validate(data, lines, str(path), overrides)
+    cfg._root = path.resolve().parent
+    return cfg
+
+
+def derive(cfg: ProjectConfig, overrides: Sequence[str]) -> ProjectConfig:
+    """A copy of `cfg` with `a.b=c` overrides applied and validated, e.g. one trial of a sweep."""
+    data = cfg.model_dump(mode="json")
+    derived = _validate(data, {}, "the derived config", overrides)
+    derived._root = cfg.root
+    return derived
+
+
+def _validate(data: dict, lines: dict[tuple[str, ...], int], name: str, overrides: Sequence[str]) -> ProjectConfig:
     problems: list[str] = []
     origins: dict[tuple[str, ...], str] = {}
     for item in overrides:
@@ -487,14 +501,13 @@ def load(path: str | Path = CONFIG_FILENAME, overrides: Sequence[str] = ()) -> P
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as e:
-        described = [_describe(err, str(path), lines, origins) for err in e.errors()]
+        described = [_describe(err, name, lines, origins) for err in e.errors()]
         problems += [text for _, text in sorted(described, key=lambda d: d[0])]
         cfg = None
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise UserError(f"{path}: {count} in the config:\n" + "\n".join(f"  {p}" for p in problems))
+        raise UserError(f"{name}: {count} in the config:\n" + "\n".join(f"  {p}" for p in problems))
     assert cfg is not None
-    cfg._root = path.resolve().parent
     return cfg
 
 

@@ -16,6 +16,7 @@ from tuneloop.cli import evaluate as eval_cmd
 from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
+from tuneloop.cli import run as run_cmd
 from tuneloop.cli import train as train_cmd
 from tuneloop.errors import UserError
 
@@ -55,6 +56,7 @@ app.command("models")(models_cmd.models)
 app.command("train")(train_cmd.train)
 app.command("generate")(generate_cmd.generate)
 app.command("eval")(eval_cmd.evaluate)
+app.command("run")(run_cmd.run)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: <run>/eval).")] = None,
 ) -> None:
     """Compare the base model with fine-tuned runs on the test split; write report.html, report.md, metrics.json."""
-    from tuneloop import console, runs
+    from tuneloop import runs
     from tuneloop.errors import UserError
     from tuneloop.evaluate.runner import evaluate as run_eval
 
@@ -46,7 +46,13 @@ def evaluate(
             path = candidate
         run_dirs.append(path.resolve())
     result = run_eval(cfg, run_dirs, private=private, out_dir=out, limit=limit)
-    r = result.report
+    print_report(result.report, result.out_dir)
+
+
+def print_report(r: dict, out_dir: Path) -> None:
+    """The compact verdict table: each metric per run vs base, forgetting, output signals, report path."""
+    from tuneloop import console
+
     lines = []
     for name, per in r["comparisons"].items():
         lines.append(f"{name} vs base ({r['test']['examples']} test examples, {r['confidence']:.0%} intervals)")
@@ -63,5 +69,5 @@ def evaluate(
     for name, counts in r["output_signals"].items():
         raised = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         lines.append(f"signals   {name}: {raised or 'none'}")
-    lines.append(f"report    {result.out_dir / 'report.html'}")
+    lines.append(f"report    {out_dir / 'report.html'}")
     console.out.print("\n".join(lines), markup=False)

@@ -531,8 +531,8 @@ def _write_splits(pipe: _Pipeline, split_of: list[str], work: Path, out: Path, d
     return stats
 
 
-def _write_manifest(cfg: ProjectConfig, pipe: _Pipeline, splits: dict, out: Path, renderer: Any) -> None:
-    """Content hashes of inputs, outputs and settings, so a run can cite the exact data it used."""
+def input_sources(cfg: ProjectConfig) -> list[dict[str, str]]:
+    """Every input file of the data stage with its origin and sha256, in reading order."""
     sources = []
     for origin in ("train", "val", "test"):
         for file in list_files([cfg.path(p) for p in getattr(cfg.data, origin)]):
@@ -540,16 +540,26 @@ def _write_manifest(cfg: ProjectConfig, pipe: _Pipeline, splits: dict, out: Path
     for mix in cfg.data.mix:
         for file in list_files([cfg.path(mix.path)]):
             sources.append({"path": _display_name(file, cfg.root), "origin": "mix", "sha256": sha256_file(file)})
+    return sources
+
+
+def settings_sha256(cfg: ProjectConfig) -> str:
+    """Hash of the settings the data stage depends on: the data section and the model (its tokenizer)."""
     settings = json.dumps({"data": cfg.data.model_dump(mode="json"), "model": cfg.model.name}, sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()
+
+
+def _write_manifest(cfg: ProjectConfig, pipe: _Pipeline, splits: dict, out: Path, renderer: Any) -> None:
+    """Content hashes of inputs, outputs and settings, so a run can cite the exact data it used."""
     template = getattr(renderer.tokenizer, "chat_template", None) if renderer else None
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tuneloop": __version__,
-        "settings_sha256": hashlib.sha256(settings.encode()).hexdigest(),
+        "settings_sha256": settings_sha256(cfg),
         "model": cfg.model.name,
         "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
         "tokenized": renderer is not None,
-        "sources": sources,
+        "sources": input_sources(cfg),
         "splits": {name: {k: v for k, v in s.items()} for name, s in splits.items()},
         "rejects": {"file": "rejects.jsonl", "rows": sum(pipe.rejects.by_stage.values())},
     }

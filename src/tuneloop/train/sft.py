@@ -39,6 +39,8 @@ from tuneloop.train.callbacks import (
     Progress,
 )
 
+# Config sections that shape the trained weights; a resume must match them (task and eval may differ).
+TRAINING_SECTIONS = ("model", "data", "method", "train")
 # Keys that may change between a run and its resume without changing what is being trained.
 RESUMABLE_CHANGES = {"max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every", "report_to"}
 # bf16 autocast is used on CPU only when its loss on a real batch is this close to fp32's.
@@ -575,7 +577,7 @@ def _check_same_config(cfg: ProjectConfig, saved_path: Path) -> None:
     saved = yaml.safe_load(saved_path.read_text())
     current = yaml.safe_load(cfg.to_yaml())
     diffs = []
-    for section in sorted(set(saved) | set(current)):
+    for section in TRAINING_SECTIONS:
         a, b = saved.get(section) or {}, current.get(section) or {}
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key) and not (section == "train" and key in RESUMABLE_CHANGES):

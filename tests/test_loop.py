@@ -1,0 +1,123 @@
+"""`tuneloop run` on the tiny Llama: each stage is reused when its inputs are unchanged and redone when not,
+and an interrupted run resumes training from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.train_helpers import adapter_weights, chat_rows, make_train_project
+from tuneloop import config, loop
+from tuneloop.train import sft
+
+EVAL = {
+    "max_new_tokens": 8,
+    "bootstrap": 100,
+    "forgetting": {"enabled": False},
+    "redteam": {"enabled": False},
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_llama: Path) -> Path:
+    path = make_train_project(tmp_path, tiny_llama, chat_rows(60), max_steps=6, save_every=3, eval_every=3)
+    doc = yaml.safe_load(path.read_text())
+    doc["task"]["metrics"] = ["output_length"]
+    doc["eval"] = EVAL
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def actions(result: loop.LoopResult) -> dict[str, str]:
+    return {s.name: s.action for s in result.stages}
+
+
+def test_each_stage_reruns_only_when_its_inputs_change(project: Path) -> None:
+    first = loop.run(config.load(project))
+    # make_train_project prepared the data with this very config, so even the first run reuses it.
+    assert actions(first) == {"prepare": "reused", "train": "ran", "eval": "ran"}
+    assert (first.run_dir / "eval" / "report.html").is_file()
+    assert first.report["comparisons"][first.run_dir.name]["output_length"]["verdict"]
+
+    again = loop.run(config.load(project))
+    assert actions(again) == {"prepare": "reused", "train": "reused", "eval": "reused"}
+    assert again.run_dir == first.run_dir
+
+    lr = loop.run(config.load(project, ["train.learning_rate=0.02"]))
+    assert actions(lr) == {"prepare": "reused", "train": "ran", "eval": "ran"}
+    assert lr.run_dir != first.run_dir
+
+    # Watching settings are not part of the key: the trained weights would be the same.
+    quiet = loop.run(config.load(project, ["train.log_every=3"]))
+    assert actions(quiet) == {"prepare": "reused", "train": "reused", "eval": "reused"}
+
+    longer = loop.run(config.load(project, ["eval.max_new_tokens=4"]))
+    assert actions(longer) == {"prepare": "reused", "train": "reused", "eval": "ran"}
+    assert longer.run_dir == first.run_dir
+
+    data = project.parent / "data" / "train.jsonl"
+    data.write_text(data.read_text() + json.dumps(chat_rows(1, seed=9)[0]) + "\n")
+    changed = loop.run(config.load(project))
+    assert actions(changed) == {"prepare": "ran", "train": "ran", "eval": "ran"}
+
+    history = json.loads((first.run_dir / loop.LOOP_FILE).read_text())["history"]
+    assert [h["stages"][2]["action"] for h in history] == ["ran", "reused", "reused", "ran"]
+
+
+def test_an_edited_report_is_not_reused(project: Path) -> None:
+    """The eval stamp vouches for one metrics.json; a standalone `tuneloop eval` overwrites it."""
+    first = loop.run(config.load(project))
+    metrics = first.run_dir / "eval" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"bootstrap": 100', '"bootstrap": 101'))
+    assert actions(loop.run(config.load(project)))["eval"] == "ran"
+
+
+def test_an_interrupted_run_resumes_training_from_its_checkpoint(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = sft.train(config.load(project))
+    real, calls = sft.token_loss, {"n": 0}
+
+    def interrupt_at_step_four(model, batch):
+        calls["n"] += model.training
+        if calls["n"] == 4 and model.training:
+            signal.raise_signal(signal.SIGTERM)
+        return real(model, batch)
+
+    monkeypatch.setattr(sft, "token_loss", interrupt_at_step_four)
+    stopped = loop.run(config.load(project))
+    assert stopped.status == "interrupted" and actions(stopped) == {"prepare": "reused", "train": "ran"}
+    monkeypatch.setattr(sft, "token_loss", real)
+
+    resumed = loop.run(config.load(project))
+    assert actions(resumed) == {"prepare": "reused", "train": "resumed", "eval": "ran"}
+    assert resumed.run_dir == stopped.run_dir
+    a, b = adapter_weights(straight.run_dir / "final"), adapter_weights(resumed.run_dir / "final")
+    for key in a:
+        assert (a[key] - b[key]).abs().max() <= 1e-6
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_starts_again_in_its_folder(project: Path) -> None:
+    cfg = config.load(project)
+    manifest = json.loads((cfg.path(cfg.data.prepared_dir) / "manifest.json").read_text())
+    run_dir = cfg.path(cfg.output.dir) / "crashed"
+    run_dir.mkdir(parents=True)
+    key = loop.train_key(cfg, manifest)
+    (run_dir / loop.LOOP_FILE).write_text(json.dumps({"kind": "loop", "train_key": key}))
+    (run_dir / "half-written.tmp").write_text("x")
+    result = loop.run(cfg, evaluate=False)
+    assert result.run_dir == run_dir and actions(result)["train"] == "ran"
+    assert not (run_dir / "half-written.tmp").exists() and (run_dir / "final").is_dir()
+
+
+def test_cli_run_prints_the_stages_and_the_verdict(project: Path, cli) -> None:
+    done = cli("run", project)
+    assert done.code == 0, done.err
+    assert "prepare" in done.out and "reused" in done.out and "ran" in done.out
+    assert "output_length" in done.out and "report.html" in done.out
+    again = cli("run", "--config", project)
+    assert again.code == 0 and again.out.count("reused") == 3, again.out
