@@ -12,6 +12,8 @@ import yaml
 
 from tests.train_helpers import adapter_weights, chat_rows, make_train_project
 from tuneloop import config, loop
+from tuneloop.curve import parse_sizes
+from tuneloop.errors import UserError
 from tuneloop.train import sft
 
 EVAL = {
@@ -121,3 +123,53 @@ def test_cli_run_prints_the_stages_and_the_verdict(project: Path, cli) -> None:
     assert "output_length" in done.out and "report.html" in done.out
     again = cli("run", "--config", project)
     assert again.code == 0 and again.out.count("reused") == 3, again.out
+
+
+# --------------------------------------------------------------------------- the data-size curve
+
+
+def test_subsets_are_nested_and_seeded() -> None:
+    examples = list(range(100))
+    small, large = sft.subset(examples, 10, seed=3), sft.subset(examples, 40, seed=3)
+    assert len(small) == 10 and set(small) < set(large)
+    assert small == sft.subset(examples, 10, seed=3) and small != sft.subset(examples, 10, seed=4)
+    with pytest.raises(UserError, match="train split has 100"):
+        sft.subset(examples, 101, seed=3)
+
+
+def test_the_curve_flattens_where_the_largest_size_stops_being_better() -> None:
+    from types import SimpleNamespace
+
+    from tuneloop.curve import _flattens_at
+
+    better, same = SimpleNamespace(verdict="better"), SimpleNamespace(verdict="no significant change")
+    assert _flattens_at([60, 120, 240, 480], [better, better, same, same]) == 240
+    assert _flattens_at([60, 120, 240, 480], [better, same, better, same]) == 480  # a later gain: still rising
+    assert _flattens_at([60, 120], [same, same]) == 60
+    assert _flattens_at([60], [same]) is None
+    with pytest.raises(UserError, match="whole numbers"):
+        parse_sizes("60,lots")
+    assert parse_sizes("240, 60,120,60") == [60, 120, 240]
+
+
+def test_curve_on_the_tiny_model(project: Path, cli) -> None:
+    sets = ["--set", "train.max_steps=null", "--set", "train.epochs=1"]
+    done = cli("curve", "--sizes", "12,24", "--config", project, *sets)
+    assert done.code == 0, done.err
+    out = next((project.parent / "runs" / "curves").iterdir())
+    data = json.loads((out / "curve.json").read_text())
+    points = data["metrics"]["output_length"]["points"]
+    assert [p["examples"] for p in points] == [0, 12, 24] and points[0]["run"] == "base"
+    assert all(p["ci_low"] <= p["value"] <= p["ci_high"] for p in points[1:])
+    assert (out / "curve.png").stat().st_size > 1000 and "data:image/png;base64" in (out / "curve.html").read_text()
+    assert "output_length" in done.out and "curve.png" in done.out
+    runs = {json.loads((d / "summary.json").read_text())["examples"]["train"] for d in map(Path, data["runs"].values())}
+    assert runs == {12, 24}
+
+    again = cli("curve", "--sizes", "12,24", "--config", project, *sets)
+    assert again.code == 0 and "evaluation were reused" in again.err
+    more = cli("curve", "--sizes", "12,24,48", "--config", project, *sets)
+    assert more.code == 0, more.err
+    assert more.err.count("train reused") == 2 and more.err.count("train ran") == 1
+    too_many = cli("curve", "--sizes", "12,4800", "--config", project)
+    assert too_many.code == 1 and "exceed the 48 train examples" in too_many.err

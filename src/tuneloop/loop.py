@@ -61,7 +61,8 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it is missing or unreadable (a stage never finished)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -91,14 +92,14 @@ def prepare_stage(cfg: ProjectConfig) -> tuple[Stage, dict[str, Any]]:
     out = cfg.path(cfg.data.prepared_dir)
     wanted = prepare_inputs(cfg)
     key = digest(wanted)
-    manifest = _read_json(out / "manifest.json")
+    manifest = read_json(out / "manifest.json")
     if manifest and manifest.get("tokenized") and all(manifest.get(k) == v for k, v in wanted.items()):
         return Stage("prepare", "reused", 0.0, str(out), key, _split_rows(manifest)), manifest
     started = time.perf_counter()
     result = prepare(cfg)
     for warning in result.warnings:
         console.warn(warning)
-    manifest = _read_json(out / "manifest.json") or {}
+    manifest = read_json(out / "manifest.json") or {}
     r = result.report
     detail = f"{r['rows_in']:,} rows in; {_split_rows(manifest)}"
     return Stage("prepare", "ran", time.perf_counter() - started, str(out), key, detail), manifest
@@ -135,7 +136,7 @@ def find_run(cfg: ProjectConfig, key: str) -> Path | None:
         return None
     matches = []
     for loop_file in base.glob(f"*/{LOOP_FILE}"):
-        record = _read_json(loop_file) or {}
+        record = read_json(loop_file) or {}
         if record.get("train_key") == key:
             matches.append(loop_file.parent)
     if not matches:
@@ -145,7 +146,7 @@ def find_run(cfg: ProjectConfig, key: str) -> Path | None:
 
 
 def _finished(run_dir: Path) -> bool:
-    summary = _read_json(run_dir / "summary.json") or {}
+    summary = read_json(run_dir / "summary.json") or {}
     return summary.get("status") in FINISHED and (run_dir / "final").is_dir()
 
 
@@ -160,7 +161,7 @@ def train_stage(
     key = train_key(cfg, manifest)
     run_dir = find_run(cfg, key)
     if run_dir is not None and _finished(run_dir):
-        summary = _read_json(run_dir / "summary.json") or {}
+        summary = read_json(run_dir / "summary.json") or {}
         return Stage("train", "reused", 0.0, str(run_dir), key, _train_detail(summary)), run_dir, summary["status"]
 
     started = time.perf_counter()
@@ -221,10 +222,10 @@ def eval_stage(
     if not manifest.get("splits", {}).get("test", {}).get("rows"):
         console.warn("no test split, so no evaluation: give data.split.test a share (e.g. 0.1) or data.test a file")
         return Stage("eval", "skipped", 0.0, "", key, "no test split"), None
-    stamp = _read_json(out / EVAL_STAMP) or {}
+    stamp = read_json(out / EVAL_STAMP) or {}
     metrics = out / "metrics.json"
     if stamp.get("key") == key and metrics.is_file() and stamp.get("metrics_sha256") == sha256_file(metrics):
-        report = _read_json(metrics)
+        report = read_json(metrics)
         return Stage("eval", "reused", 0.0, str(out / "report.html"), key, _eval_detail(report)), report
     started = time.perf_counter()
     (out / EVAL_STAMP).unlink(missing_ok=True)
@@ -278,7 +279,7 @@ def _announce(stage: Stage) -> None:
 def _record(run_dir: Path, stages: list[Stage]) -> None:
     """Append this invocation's stage outcomes to the run's loop.json."""
     path = run_dir / LOOP_FILE
-    record = _read_json(path) or {"kind": "train", "history": []}
+    record = read_json(path) or {"kind": "train", "history": []}
     record.setdefault("history", []).append(
         {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

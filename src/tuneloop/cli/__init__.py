@@ -11,6 +11,7 @@ import typer
 
 from tuneloop import __version__
 from tuneloop.cli import config as config_cmd
+from tuneloop.cli import curve as curve_cmd
 from tuneloop.cli import data as data_cmd
 from tuneloop.cli import evaluate as eval_cmd
 from tuneloop.cli import generate as generate_cmd
@@ -57,6 +58,7 @@ app.command("train")(train_cmd.train)
 app.command("generate")(generate_cmd.generate)
 app.command("eval")(eval_cmd.evaluate)
 app.command("run")(run_cmd.run)
+app.command("curve")(curve_cmd.curve)
 
 
 def main() -> None:

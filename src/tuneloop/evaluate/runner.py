@@ -58,6 +58,7 @@ class SystemOutputs:
 class EvalResult:
     out_dir: Path
     report: dict[str, Any]
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # system → metric → resamplable scores
 
 
 # --------------------------------------------------------------------------- 1. the test set
@@ -504,7 +505,7 @@ def evaluate(
     _write_outputs(out_dir / "outputs.jsonl", cases, systems, scores, flags)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     report_module.write(out_dir, report, cfg, cases, systems, scores, run_dirs)
-    return EvalResult(out_dir, report)
+    return EvalResult(out_dir, report, scores)
 
 
 def _default_out_dir(cfg: ProjectConfig, run_dirs: list[Path]) -> Path:
