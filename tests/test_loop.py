@@ -173,3 +173,84 @@ def test_curve_on_the_tiny_model(project: Path, cli) -> None:
     assert more.err.count("train reused") == 2 and more.err.count("train ran") == 1
     too_many = cli("curve", "--sizes", "12,4800", "--config", project)
     assert too_many.code == 1 and "exceed the 48 train examples" in too_many.err
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def test_sweep_grid_and_random_points() -> None:
+    from tuneloop.sweep import SweepSpec, grid, sample
+
+    spec = SweepSpec.model_validate(
+        {
+            "space": {
+                "train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True, "grid": 3},
+                "method.lora.r": [4, 8],
+                "train.epochs": {"low": 1, "high": 3, "grid": 3},
+            }
+        }
+    )
+    points = grid(spec)
+    assert len(points) == 3 * 2 * 3
+    assert sorted({p["train.learning_rate"] for p in points}) == [1e-4, 1e-3, 1e-2]
+    assert sorted({p["train.epochs"] for p in points}) == [1, 2, 3]
+    draws = [sample(spec, __import__("random").Random(0)) for _ in range(2)]
+    assert draws[0] == draws[1]
+    assert 1e-4 <= draws[0]["train.learning_rate"] <= 1e-2 and draws[0]["train.epochs"] in (1, 2, 3)
+    no_grid = SweepSpec.model_validate({"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-3}}})
+    with pytest.raises(UserError, match="grid: N"):
+        grid(no_grid)
+
+
+def test_sweep_file_errors_are_reported_together(tmp_path: Path) -> None:
+    from tuneloop.sweep import load_spec
+
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("strategy: bayes\nspace:\n  train.learning_rate: {low: 1, high: 0.1}\nextra: 1\n")
+    with pytest.raises(UserError) as e:
+        load_spec(bad)
+    message = str(e.value)
+    assert "3 problem(s)" in message and "'optuna'" in message and "must be above low" in message
+
+
+@pytest.mark.parametrize("strategy", ["grid", "optuna"])
+def test_sweep_ranks_trials_on_validation(project: Path, cli, strategy: str) -> None:
+    spec = project.parent / "sweep.yaml"
+    spec.write_text(
+        f"strategy: {strategy}\ntrials: 2\nseed: 1\n"
+        "space:\n  train.learning_rate: [0.0001, 0.01]\n  method.lora.r: [2]\n"
+    )
+    done = cli("sweep", spec, "--config", project)
+    assert done.code == 0, done.err
+    out = next((project.parent / "runs" / "sweeps").iterdir())
+    result = json.loads((out / "sweep.json").read_text())
+    assert result["strategy"] == strategy and len(result["trials"]) == 2
+    values = [t["value"] for t in result["trials"]]
+    assert values == sorted(values) and [t["rank"] for t in result["trials"]] == [1, 2]  # loss: lower first
+    for t in result["trials"]:
+        summary = json.loads((Path(t["run"]) / "summary.json").read_text())
+        assert summary["best"]["value"] == t["value"]
+        trained = yaml.safe_load((Path(t["run"]) / "config.resolved.yaml").read_text())
+        assert trained["train"]["learning_rate"] == t["params"]["train.learning_rate"]
+        assert json.loads((Path(t["run"]) / loop.LOOP_FILE).read_text())["kind"] == "sweep-trial"
+    if strategy == "grid":
+        assert {t["params"]["train.learning_rate"] for t in result["trials"]} == {0.0001, 0.01}
+    assert "rank" in (out / "sweep.md").read_text() and "best" in done.out
+    # The same sweep again (same seed, so Optuna asks the same questions): every trial is reused.
+    again = cli("sweep", spec, "--config", project)
+    assert again.code == 0, again.err
+    repeated = json.loads((out / "sweep.json").read_text())["trials"]
+    assert [t["action"] for t in repeated] == ["reused", "reused"]
+    assert [(t["run"], t["value"]) for t in repeated] == [(t["run"], t["value"]) for t in result["trials"]]
+
+
+def test_sweep_without_optuna_is_a_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from tuneloop.sweep import choose_strategy
+
+    assert choose_strategy("auto") == "optuna"
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if it were not installed
+    assert choose_strategy("auto") == "grid" and choose_strategy("random") == "random"
+    with pytest.raises(UserError, match="pip install optuna"):
+        choose_strategy("optuna")

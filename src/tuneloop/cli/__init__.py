@@ -18,6 +18,7 @@ from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
 from tuneloop.cli import run as run_cmd
+from tuneloop.cli import sweep as sweep_cmd
 from tuneloop.cli import train as train_cmd
 from tuneloop.errors import UserError
 
@@ -59,6 +60,7 @@ app.command("generate")(generate_cmd.generate)
 app.command("eval")(eval_cmd.evaluate)
 app.command("run")(run_cmd.run)
 app.command("curve")(curve_cmd.curve)
+app.command("sweep")(sweep_cmd.sweep)
 
 
 def main() -> None:
