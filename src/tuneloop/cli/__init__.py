@@ -18,6 +18,7 @@ from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
 from tuneloop.cli import run as run_cmd
+from tuneloop.cli import runs as runs_cmd
 from tuneloop.cli import sweep as sweep_cmd
 from tuneloop.cli import train as train_cmd
 from tuneloop.errors import UserError
@@ -58,6 +59,7 @@ app.command("models")(models_cmd.models)
 app.command("train")(train_cmd.train)
 app.command("generate")(generate_cmd.generate)
 app.command("eval")(eval_cmd.evaluate)
+app.add_typer(runs_cmd.app, name="runs")
 app.command("run")(run_cmd.run)
 app.command("curve")(curve_cmd.curve)
 app.command("sweep")(sweep_cmd.sweep)

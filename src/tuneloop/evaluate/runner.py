@@ -29,7 +29,6 @@ from tuneloop.evaluate.compare import Comparison, MeanScores, bootstrap_indices,
 from tuneloop.evaluate.metrics import METRIC_INFO, compute, needs_reference
 
 BASE = "base"
-USAGE_LOG = "test-usage.jsonl"
 
 
 @dataclass
@@ -128,30 +127,19 @@ def record_test_use(cfg: ProjectConfig, sha256: str, runs: list[str], private: b
     """Log this evaluation of the test set; return how many times it has now been evaluated.
 
     Every look at a test set is a chance to pick a model by its test score; counting the looks is
-    how the report can say when the test set has stopped being a fair judge.
+    how the report can say when the test set has stopped being a fair judge. The log lives in the
+    run registry (`<output.dir>/registry.sqlite`); a private test set may be evaluated once only.
     """
-    log = cfg.path(cfg.output.dir) / USAGE_LOG
-    past = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-    same = [p for p in past if p["test_sha256"] == sha256]
-    if private and same:
-        when = same[0]["time"]
-        raise UserError(
-            f"the private test set was already evaluated on {when} (runs {', '.join(same[0]['runs'])}); it is "
-            "evaluated once only, so its verdict stays unbiased. Register a new private set to look again"
-        )
-    log.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"time": _now(), "test_sha256": sha256, "runs": runs, "private": private}
-    with log.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-    return len(same) + 1
+    from tuneloop import registry
+
+    return registry.record_test_use(cfg, sha256, runs, private)
 
 
 def test_uses(cfg: ProjectConfig, sha256: str) -> list[dict[str, Any]]:
     """Every recorded evaluation of the test set with this hash."""
-    log = cfg.path(cfg.output.dir) / USAGE_LOG
-    if not log.is_file():
-        return []
-    return [e for e in map(json.loads, log.read_text().splitlines()) if e["test_sha256"] == sha256]
+    from tuneloop import registry
+
+    return registry.test_uses(cfg, sha256)
 
 
 # --------------------------------------------------------------------------- 2. one model at a time
@@ -505,6 +493,10 @@ def evaluate(
     _write_outputs(out_dir / "outputs.jsonl", cases, systems, scores, flags)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     report_module.write(out_dir, report, cfg, cases, systems, scores, run_dirs)
+    from tuneloop import registry
+
+    for d in run_dirs:
+        registry.record(cfg, d)
     return EvalResult(out_dir, report, scores)
 
 

@@ -403,7 +403,7 @@ def train(
     from transformers.integrations import TensorBoardCallback
     from transformers.utils import logging as hf_logging
 
-    from tuneloop import runs
+    from tuneloop import registry, runs
     from tuneloop.evaluate.runner import higher_is_better, training_evaluator
     from tuneloop.train.methods import count_parameters, wrap
 
@@ -452,7 +452,9 @@ def train(
     if rank0 and resume_from is None:
         cfg.save_resolved(run_dir)
         (run_dir / "data-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir))
         runs.record_environment(run_dir, cfg.root)
+        registry.record(cfg, run_dir)
     checkpoints = run_dir / "checkpoints"
     if rank0:
         checkpoint.remove_incomplete(checkpoints)
@@ -534,6 +536,7 @@ def train(
     if rank0:
         runs.write_summary(run_dir, summary)
         runs.plot_losses(run_dir)
+        registry.record(cfg, run_dir)
         if stopped:
             console.note(f"stopped by {stop.signal} at step {state.global_step}; continue: `tuneloop train --resume`")
     return TrainResult(run_dir, status, state.global_step, final_dir, summary)
