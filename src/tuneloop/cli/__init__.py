@@ -17,6 +17,7 @@ from tuneloop.cli import evaluate as eval_cmd
 from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
+from tuneloop.cli import plan as plan_cmd
 from tuneloop.cli import run as run_cmd
 from tuneloop.cli import runs as runs_cmd
 from tuneloop.cli import sweep as sweep_cmd
@@ -56,6 +57,7 @@ app.command("init")(init_cmd.init)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.command("models")(models_cmd.models)
+app.command("plan")(plan_cmd.plan)
 app.command("train")(train_cmd.train)
 app.command("generate")(generate_cmd.generate)
 app.command("eval")(eval_cmd.evaluate)

@@ -65,20 +65,30 @@ def init(
             next_command=NEXT_COMMAND.format(dir=directory),
         ),
     }
-    clashes = [
-        name
-        for name, text in outputs.items()
-        if (directory / name).exists() and (directory / name).read_text(encoding="utf-8") != text
-    ]
+    write_files(directory, outputs, force)
+    config.load(directory / config.CONFIG_FILENAME)  # a template that does not validate is our bug
+    console.out.print(f"created {task} project in {directory}/ (tuneloop.yaml, data/sample.jsonl, README.md)")
+    console.out.print(f"next: {NEXT_COMMAND.format(dir=directory)}", markup=False)
+
+
+def write_files(directory: Path, outputs: dict[str, str | bytes], force: bool) -> None:
+    """Write a project's files; refuse to overwrite different content unless `force` (same content is fine)."""
+
+    def differs(path: Path, content: str | bytes) -> bool:
+        if not path.exists():
+            return False
+        return (path.read_bytes() if isinstance(content, bytes) else path.read_text(encoding="utf-8")) != content
+
+    clashes = [name for name, content in outputs.items() if differs(directory / name, content)]
     if clashes and not force:
         raise UserError(
             f"{directory} already has {', '.join(clashes)} with other content; "
             "pass --force to overwrite, or choose another folder"
         )
-    for name, text in outputs.items():
+    for name, content in outputs.items():
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-    config.load(directory / config.CONFIG_FILENAME)  # a template that does not validate is our bug
-    console.out.print(f"created {task} project in {directory}/ (tuneloop.yaml, data/sample.jsonl, README.md)")
-    console.out.print(f"next: {NEXT_COMMAND.format(dir=directory)}", markup=False)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content, encoding="utf-8")
