@@ -121,8 +121,15 @@ def test_cli_run_prints_the_stages_and_the_verdict(project: Path, cli) -> None:
     assert done.code == 0, done.err
     assert "prepare" in done.out and "reused" in done.out and "ran" in done.out
     assert "output_length" in done.out and "report.html" in done.out
-    again = cli("run", "--config", project)
+    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+    again = cli("run", "--config", project, "--mlflow", uri)
     assert again.code == 0 and again.out.count("reused") == 3, again.out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (mirrored,) = client.search_runs([client.get_experiment_by_name(project.parent.name).experiment_id])
+    assert f"mlflow    {uri}: run {mirrored.info.run_id}" in again.out
+    assert mirrored.data.tags["tuneloop.kind"] == "loop" and "eval.output_length.delta" in mirrored.data.metrics
 
 
 # --------------------------------------------------------------------------- the data-size curve

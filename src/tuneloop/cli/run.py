@@ -23,6 +23,9 @@ def run(
     ] = None,
     overrides: SetOption = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Stop after training.")] = False,
+    mlflow: Annotated[
+        str | None, typer.Option("--mlflow", metavar="URI", help="Also mirror the run to this MLflow tracking server.")
+    ] = None,
 ) -> None:
     """Run the loop: prepare the data, train, evaluate base vs tuned, and write the report.
 
@@ -41,6 +44,11 @@ def run(
         raise typer.Exit(130)
     if result.report is not None and result.report_dir is not None:
         print_report(result.report, result.report_dir)
+    if mlflow and result.run_dir is not None:
+        from tuneloop.registry import mirror_mlflow
+
+        mirrored = mirror_mlflow(cfg, mlflow, [result.run_dir.name])
+        console.out.print(f"mlflow    {mlflow}: run {mirrored[result.run_dir.name]}", markup=False)
 
 
 def print_stages(result: LoopResult) -> None:
