@@ -18,6 +18,7 @@ from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
 from tuneloop.cli import plan as plan_cmd
+from tuneloop.cli import quickstart as quickstart_cmd
 from tuneloop.cli import run as run_cmd
 from tuneloop.cli import runs as runs_cmd
 from tuneloop.cli import sweep as sweep_cmd
@@ -53,6 +54,7 @@ def _root(
         _state["debug"] = True
 
 
+app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("init")(init_cmd.init)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
