@@ -4,13 +4,12 @@ and an interrupted run resumes training from its checkpoint."""
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.train_helpers import adapter_weights, chat_rows, make_train_project
+from tests.train_helpers import adapter_weights, chat_rows, make_train_project, sigterm_at_training_step
 from tuneloop import config, loop
 from tuneloop.curve import parse_sizes
 from tuneloop.errors import UserError
@@ -82,15 +81,8 @@ def test_an_interrupted_run_resumes_training_from_its_checkpoint(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     straight = sft.train(config.load(project))
-    real, calls = sft.token_loss, {"n": 0}
-
-    def interrupt_at_step_four(model, batch):
-        calls["n"] += model.training
-        if calls["n"] == 4 and model.training:
-            signal.raise_signal(signal.SIGTERM)
-        return real(model, batch)
-
-    monkeypatch.setattr(sft, "token_loss", interrupt_at_step_four)
+    real = sft.token_loss
+    monkeypatch.setattr(sft, "token_loss", sigterm_at_training_step(4, real))
     stopped = loop.run(config.load(project))
     assert stopped.status == "interrupted" and actions(stopped) == {"prepare": "reused", "train": "ran"}
     monkeypatch.setattr(sft, "token_loss", real)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_helpers import adapter_weights, chat_rows, losses, make_train_project
+from tests.train_helpers import adapter_weights, chat_rows, losses, make_train_project, sigterm_at_training_step
 from tuneloop import config
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint, sft
@@ -152,16 +152,8 @@ def test_auto_layout_follows_the_data(tiny_llama: Path):
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(project: Path, monkeypatch: pytest.MonkeyPatch):
     straight = sft.train(load(project))
-    calls = {"n": 0}
     real = sft.token_loss
-
-    def interrupt_at_step_four(model, batch):
-        calls["n"] += model.training
-        if calls["n"] == 4 and model.training:
-            signal.raise_signal(signal.SIGTERM)
-        return real(model, batch)
-
-    monkeypatch.setattr(sft, "token_loss", interrupt_at_step_four)
+    monkeypatch.setattr(sft, "token_loss", sigterm_at_training_step(4, real))
     stopped = sft.train(load(project))
     assert stopped.status == "stopped" and stopped.steps == 4 and stopped.final_dir is None
     assert checkpoint.latest(stopped.run_dir / "checkpoints").name == "checkpoint-4"
