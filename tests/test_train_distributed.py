@@ -33,7 +33,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, tiny
     command += ["-m", "tuneloop", "train", "--config", str(path), "--set", "train.batch_size=2"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = sorted((tmp_path / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    folders = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]  # not the registry's files
+    runs = sorted(folders, key=lambda p: p.stat().st_mtime)
     assert len(runs) == 2, "both ranks must share one run folder"
     double = runs[-1]
     assert double != single.run_dir
