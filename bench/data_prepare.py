@@ -4,7 +4,9 @@
 
 Generates the data (seeded), then runs `prepare()` in a fresh subprocess per mode — without and
 with tokenization — and prints rows/s, peak RSS, and near-duplicate recall and precision on the
-planted pairs. Absolute times are noise on shared machines; compare modes within one run.
+planted pairs. The `datasketch` mode is the obvious alternative for the dedup step alone: one
+process, datasketch's MinHash (default hash) and MinHashLSH index over the same word 3-grams, at
+the same threshold. Absolute times are noise on shared machines; compare modes within one run.
 """
 
 from __future__ import annotations
@@ -80,9 +82,20 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict[int, int]:
     return planted
 
 
+# The child's own peak. Not getrusage: Linux carries ru_maxrss across exec, so a child started by
+# this (large, data-generating) parent would report the parent's peak when that is higher.
+PEAK_RSS = """
+def peak_rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+"""
+
+
 def run_mode(folder: Path, tokenize: bool, model: str) -> dict:
     """Run prepare() in a child process so peak RSS belongs to that mode alone."""
-    code = f"""
+    code = (
+        PEAK_RSS
+        + f"""
 import json, resource, sys, time
 from tuneloop import config
 from tuneloop.data.prepare import prepare
@@ -95,10 +108,37 @@ else:
 start = time.perf_counter()
 result = prepare(cfg, tokenizer=tok, tokenize={tokenize!r})
 elapsed = time.perf_counter() - start
-print(json.dumps({{"seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({{"seconds": elapsed, "rss_mb": peak_rss_mb(),
                   "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   "report": result.report}}))
 """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_datasketch(path: Path, threshold: float = 0.85) -> dict:
+    """Near-dedup only, the way datasketch's documentation does it; in a child for its own peak RSS."""
+    code = (
+        PEAK_RSS
+        + f"""
+import json, re, time
+from datasketch import MinHash, MinHashLSH
+start = time.perf_counter()
+lsh, flagged, word = MinHashLSH(threshold={threshold}, num_perm=128), [], re.compile(r"\\w+")
+with open({str(path)!r}, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, 1):
+        row = json.loads(line)
+        words = word.findall(" ".join(m["content"] for m in row["messages"]).lower())
+        m = MinHash(num_perm=128)
+        m.update_batch([" ".join(words[i : i + 3]).encode() for i in range(max(len(words) - 2, 1))])
+        if lsh.query(m):
+            flagged.append(line_number)
+        else:
+            lsh.insert(line_number, m)
+print(json.dumps({{"seconds": time.perf_counter() - start, "flagged": flagged, "rss_mb": peak_rss_mb()}}))
+"""
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -121,7 +161,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument(
-        "--modes", default="plain,tokenized", help="Which runs: plain (no tokenizer), tokenized, or both."
+        "--modes",
+        default="plain,tokenized,datasketch",
+        help="Which runs: plain (no tokenizer), tokenized, datasketch (its LSH dedup alone, one process).",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,9 +192,24 @@ def main() -> None:
                 f"near-dup recall {recall:.3f}, precision {precision:.3f}, "
                 f"PII rows {r['report']['pii']['rows']:,}, out {r['report']['rows_out']:,}"
             )
-        if len(results) == 2:
+        if "datasketch" in modes:
+            r = run_datasketch(folder / "data/train.jsonl")
+            flagged = set(r["flagged"])
+            true_pos = len(flagged & set(planted))
+            rate = args.rows / r["seconds"]
+            results["datasketch"] = rate
+            print(
+                f"{'datasketch dedup alone':>22}: {rate:,.0f} rows/s, peak RSS {r['rss_mb']:,.0f} MB, "
+                f"near-dup recall {true_pos / max(len(planted), 1):.3f}, "
+                f"precision {true_pos / max(len(flagged), 1):.3f}"
+            )
+        if "with tokenization" in results and "without tokenization" in results:
             ratio = results["with tokenization"] / results["without tokenization"]
             print(f"tokenization keeps {ratio:.2f}x of the untokenized throughput")
+        for name in ("without tokenization", "with tokenization"):
+            if name in results and "datasketch" in results:
+                ratio = results[name] / results["datasketch"]
+                print(f"the whole pipeline {name} runs at {ratio:.2f}x the rows/s of datasketch's dedup alone")
 
 
 if __name__ == "__main__":

@@ -133,3 +133,17 @@ def test_resolved_config_round_trips(project: Path, tmp_path: Path):
     again = config.load(out)
     assert again.model_dump() == cfg.model_dump()
     assert yaml.safe_load(out.read_text())["train"]["learning_rate"] == 2e-4
+
+
+def test_pii_ner_keys(project: Path):
+    pii = config.load(project / "tuneloop.yaml").data.pii
+    assert (pii.ner, pii.ner_model, pii.ner_types) == ("off", "en_core_web_lg", ["PERSON", "LOCATION"])
+    path = project / "tuneloop.yaml"
+    path.write_text(path.read_text() + "data:\n  pii:\n    ner: off\n    ner_types: [PERSON]\n")
+    pii = config.load(path).data.pii
+    assert (pii.ner, pii.ner_types) == ("off", ["PERSON"])  # YAML's bare `off` is false; it means 'off'
+    assert config.load(path, ["data.pii.ner=presidio"]).data.pii.ner == "presidio"
+    message = load_error(path, ["data.pii.ner=spacy", "data.pii.ner_types=[NAME]"])
+    assert "data.pii.ner: Input should be 'presidio' or 'off'" in message
+    assert "data.pii.ner_types.0: Input should be 'PERSON' or 'LOCATION'" in message
+    assert "at least 1" in load_error(path, ["data.pii.ner_types=[]"])

@@ -45,3 +45,34 @@ def test_deduper_exact_near_and_distinct():
     near = d.add("3", base + " please")
     assert near.kind == "near" and near.of == "1" and near.similarity >= 0.8
     assert d.add("4", "how do i share a folder with read only access for a contractor") is None
+
+
+def test_band_index_gives_the_same_matches_after_moving_entries_to_its_arrays():
+    """The band index moves old entries from a dict into sorted arrays; lookups must not change."""
+    import random
+
+    rng = random.Random(3)
+    words = "refund invoice storage plan folder share sync login password device backup export".split()
+    texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(60)]
+    texts += [t.replace(t.split()[5], "zebra", 1) for t in texts[:20]]  # near copies of the first 20
+    in_dict, flushed = Deduper(), Deduper()
+    flushed._index.flush_at = 16  # about every two records
+    got_dict = [in_dict.add(str(i), t) for i, t in enumerate(texts)]
+    got_flushed = [flushed.add(str(i), t) for i, t in enumerate(texts)]
+    assert flushed._index.keys.size > 0 and len(flushed._index.recent) < 16
+    assert got_dict == got_flushed
+    assert sum(m is not None and m.kind == "near" for m in got_flushed) >= 14
+
+
+def test_band_index_keeps_every_record_of_a_shared_band_across_flushes():
+    from tuneloop.data.dedup import _BandIndex
+
+    index = _BandIndex(flush_at=3)
+    bands_of = {0: [5, 9], 1: [5, 2**64 - 1], 2: [7, 9], 3: [5, 8], 4: [1, 2]}
+    for i, bands in bands_of.items():
+        index.add(bands, i)
+    assert index.keys.size and index.recent  # some entries in arrays, some still in the dict
+    assert list(index.keys) == sorted(index.keys)
+    assert index.get([5]) == {0, 1, 3}
+    assert index.get([9, 2**64 - 1]) == {0, 1, 2}
+    assert index.get([3, 4]) == set()

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from tuneloop.data.pii import PII_TYPES
+from tuneloop.data.pii import DEFAULT_NER_MODEL, NER_TYPES, PII_TYPES
 from tuneloop.errors import UserError
 
 CONFIG_FILENAME = "tuneloop.yaml"
@@ -189,8 +189,23 @@ class PiiConfig(_Section):
         description="'redact' replaces each with a typed placeholder like [EMAIL]; 'detect' only counts.",
     )
     types: list[Literal[PII_TYPES]] = Field(default_factory=lambda: list(PII_TYPES))  # type: ignore[valid-type]
+    ner: Literal["presidio", "off"] = Field(
+        default="off",
+        description="'presidio' also replaces names and places found by a spaCy NER model, through Presidio "
+        "(pip install 'tuneloop[presidio]' and a spaCy model).",
+    )
+    ner_model: str = Field(
+        default=DEFAULT_NER_MODEL,
+        description="The spaCy pipeline for ner: an installed package, or a folder saved with nlp.to_disk() "
+        "(a relative folder starts from the config file's folder).",
+    )
+    ner_types: list[Literal[NER_TYPES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(NER_TYPES),
+        min_length=1,
+        description="What ner replaces: PERSON, LOCATION (spaCy's GPE, LOC and FAC: places, streets, buildings).",
+    )
 
-    _off = field_validator("mode", mode="before")(lambda v: _yaml_off(v))
+    _off = field_validator("mode", "ner", mode="before")(lambda v: _yaml_off(v))
 
 
 class DedupConfig(_Section):

@@ -137,6 +137,7 @@ class RawRow:
     raw: str | bytes
     value: Any = None
     error: str | None = None
+    parsed: bool = True  # False: a JSONL line not parsed yet; `parse_json_line` does it (in a worker)
 
 
 # --------------------------------------------------------------------------- reading
@@ -160,11 +161,15 @@ def list_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def read_rows(path: Path, name: str) -> Iterator[RawRow]:
-    """Yield every record of a file with its line number, streaming where the format allows."""
+def read_rows(path: Path, name: str, parse: bool = True) -> Iterator[RawRow]:
+    """Yield every record of a file with its line number, streaming where the format allows.
+
+    With `parse=False`, JSONL lines come back as text (`parsed=False`) for `parse_json_line` to
+    decode later, so the decoding can happen in worker processes rather than the reading one.
+    """
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        yield from _read_jsonl(path, name)
+        yield from _read_jsonl(path, name, parse)
     elif suffix == ".json":
         yield from _read_json(path, name)
     elif suffix == ".csv":
@@ -175,7 +180,7 @@ def read_rows(path: Path, name: str) -> Iterator[RawRow]:
         raise UserError(f"{path}: unsupported file type")
 
 
-def _read_jsonl(path: Path, name: str) -> Iterator[RawRow]:
+def _read_jsonl(path: Path, name: str, parse: bool) -> Iterator[RawRow]:
     with path.open("rb") as f:
         for number, raw in enumerate(f, 1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -188,10 +193,19 @@ def _read_jsonl(path: Path, name: str) -> Iterator[RawRow]:
             except UnicodeDecodeError as e:
                 yield RawRow(name, number, stripped, error=f"invalid UTF-8 at byte {e.start}")
                 continue
-            try:
-                yield RawRow(name, number, text, value=json.loads(text))
-            except json.JSONDecodeError as e:
-                yield RawRow(name, number, text, error=f"invalid JSON: {e.msg} at column {e.colno}")
+            row = RawRow(name, number, text, parsed=False)
+            yield parse_json_line(row) if parse else row
+
+
+def parse_json_line(row: RawRow) -> RawRow:
+    """Decode a row read with `parse=False`: sets `value`, or `error` for invalid JSON."""
+    if not row.parsed:
+        row.parsed = True
+        try:
+            row.value = json.loads(row.raw)
+        except json.JSONDecodeError as e:
+            row.error = f"invalid JSON: {e.msg} at column {e.colno}"
+    return row
 
 
 def _read_json(path: Path, name: str) -> Iterator[RawRow]:

@@ -4,6 +4,9 @@ Patterns are paired with checksums where the format has one (Luhn for cards, ISO
 for IBANs, octet ranges for IPs), so look-alikes such as order numbers are left alone. Types are
 applied most-specific first and each replaced span becomes a placeholder the later patterns
 cannot match, so one string is never counted twice.
+
+Names and places have no pattern: with `ner="presidio"` a spaCy NER pipeline run through Presidio
+finds them after the patterns, and they become `[PERSON]` and `[LOCATION]` the same way.
 """
 
 from __future__ import annotations
@@ -12,8 +15,18 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.errors import UserError
+
+if TYPE_CHECKING:
+    from tuneloop.config import PiiConfig
 
 PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET")
+NER_TYPES: tuple[str, ...] = ("PERSON", "LOCATION")
+NER_BACKENDS: tuple[str, ...] = ("off", "presidio")
+DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 
 _SECRET = re.compile(
     r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----"
@@ -54,7 +67,14 @@ _PHONES = (
     re.compile(r"\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"),
     re.compile(r"\d{3}[ .-]\d{3}[ .-]\d{4}"),
 )
-_PLACEHOLDER = re.compile(r"\[(?:" + "|".join(PII_TYPES) + r")\]")
+_PLACEHOLDER = re.compile(r"\[(?:" + "|".join(PII_TYPES + NER_TYPES) + r")\]")
+# spaCy's entity labels behind each NER type. English (OntoNotes) pipelines say PERSON, GPE, LOC and
+# FAC (buildings, streets, airports: the parts of an address); most other languages say PER and LOC.
+_NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION"}
+_INSTALL_HINT = (
+    "pip install 'tuneloop[presidio]' (or: pip install presidio-analyzer spacy), then install a spaCy "
+    "model: python -m spacy download en_core_web_lg"
+)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -132,6 +152,10 @@ def _phone(m: re.Match) -> bool:
 
 
 _DIGIT = re.compile(r"\d")
+# Cards (13+ digits) and phones (10+) both need ten digits with at most three other characters
+# between neighbours; most text that has digits at all (dates, order numbers) has no such run.
+_TEN_DIGITS = re.compile(r"\d(?:\D{0,3}\d){9}")
+_DIGIT_DOT_DIGIT = re.compile(r"\d\.\d")
 _SECRET_HINT = re.compile("|".join(re.escape(h) for h in _SECRET_HINTS))
 
 
@@ -142,8 +166,10 @@ def _features(text: str) -> frozenset[str]:
         found.add("digit")
         if "-" in text:
             found.add("dash")
-        if "." in text:
+        if "." in text and _DIGIT_DOT_DIGIT.search(text):
             found.add("dot")
+        if _TEN_DIGITS.search(text):
+            found.add("ten_digits")
     if "@" in text:
         found.add("at")
     if text.count(":") >= 2:
@@ -158,30 +184,53 @@ _RULES: tuple[tuple[str, re.Pattern, Callable[[re.Match], bool], str], ...] = (
     ("SECRET", _SECRET, lambda m: True, "secret"),
     ("EMAIL", _EMAIL, _email, "at"),
     ("IBAN", _IBAN, _iban, "digit"),
-    ("CREDIT_CARD", _CARD, _card, "digit"),
+    ("CREDIT_CARD", _CARD, _card, "ten_digits"),
     ("SSN", _SSN, _ssn, "dash"),
     ("IP_ADDRESS", _IPV4, _ipv4, "dot"),
     ("IP_ADDRESS", _IPV6, _ipv6, "colons"),
-    *(("PHONE", pattern, _phone, "digit") for pattern in _PHONES),
+    *(("PHONE", pattern, _phone, "ten_digits") for pattern in _PHONES),
 )
 
 
 class PiiScanner:
-    """Detects and redacts the chosen PII types; `types` is a subset of PII_TYPES."""
+    """Detects and redacts the chosen PII types; `types` is a subset of PII_TYPES.
 
-    def __init__(self, types: Iterable[str] = PII_TYPES) -> None:
+    With `ner="presidio"`, names and places (`ner_types`, a subset of NER_TYPES) found by the spaCy
+    pipeline `ner_model` are replaced too, after the patterns.
+    """
+
+    def __init__(
+        self,
+        types: Iterable[str] = PII_TYPES,
+        *,
+        ner: str = "off",
+        ner_model: str = DEFAULT_NER_MODEL,
+        ner_types: Iterable[str] = NER_TYPES,
+    ) -> None:
         chosen = list(types)
         unknown = [t for t in chosen if t not in PII_TYPES]
         if unknown:
             raise ValueError(f"unknown PII type {', '.join(unknown)}; valid: {', '.join(PII_TYPES)}")
+        if ner not in NER_BACKENDS:
+            raise ValueError(f"unknown NER backend {ner!r}; valid: {', '.join(NER_BACKENDS)}")
         self.types = frozenset(chosen)
         self._rules = [rule for rule in _RULES if rule[0] in self.types]
+        # Built here, not per text: loading a pipeline takes seconds, and prepare's forked workers inherit it.
+        self.ner = PresidioNer(ner_model, ner_types) if ner == "presidio" else None
+
+    @classmethod
+    def from_config(cls, pii: PiiConfig, root: Path | None = None) -> PiiScanner:
+        """The scanner that a `data.pii` config section describes; `root` is the config's folder."""
+        model = pii.ner_model
+        if root is not None and (root / model).is_dir():  # a pipeline folder beside the config
+            model = str(root / model)
+        return cls(pii.types, ner=pii.ner, ner_model=model, ner_types=pii.ner_types)
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         """Replace each PII span with `[TYPE]`; return the new text and the count per type."""
         counts: Counter[str] = Counter()
         features = _features(text)
-        if not features:
+        if not features and self.ner is None:
             return text, counts
         for name, pattern, validate, needs in self._rules:
             if needs not in features:
@@ -194,11 +243,97 @@ class PiiScanner:
                 return f"[{name}]"
 
             text = pattern.sub(replace, text)
+        if self.ner is not None:
+            text = self.ner.redact(text, counts)
         return text, counts
 
     def detect(self, text: str) -> Counter[str]:
         """Count PII per type without changing the text."""
         return self.redact(text)[1]
+
+
+class PresidioNer:
+    """Names and places found by a spaCy pipeline, run through Presidio's AnalyzerEngine.
+
+    `model` is an installed spaCy package (en_core_web_lg) or a folder saved with `nlp.to_disk()`.
+    Raises UserError when Presidio, spaCy or the model is missing; nothing is ever downloaded.
+    """
+
+    def __init__(self, model: str = DEFAULT_NER_MODEL, types: Iterable[str] = NER_TYPES) -> None:
+        self.types = sorted(set(types))
+        unknown = [t for t in self.types if t not in NER_TYPES]
+        if unknown or not self.types:
+            raise ValueError(f"NER types must be among {', '.join(NER_TYPES)}, not {', '.join(unknown) or 'none'}")
+        try:
+            import spacy
+            from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+            from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+        except ImportError as e:
+            raise UserError(
+                f"data.pii.ner: presidio needs {e.name or 'presidio-analyzer and spacy'}: {_INSTALL_HINT}"
+            ) from e
+        nlp = _load_spacy(spacy, model)
+        labels = {label for component in nlp.pipe_labels.values() for label in component}
+        mapping = {label: kind for label, kind in _NER_LABELS.items() if kind in self.types}
+        if not labels & mapping.keys():
+            raise UserError(
+                f"data.pii.ner_model: the spaCy pipeline {model} labels no entity {' or '.join(mapping)} "
+                f"(its labels: {', '.join(sorted(labels)) or 'none'}), so it would find nothing; use a "
+                f"pipeline with an NER component, e.g. {DEFAULT_NER_MODEL}"
+            )
+        self.language = nlp.lang
+        config = NerModelConfiguration(
+            model_to_presidio_entity_mapping=mapping,
+            # Presidio keeps an unmapped label (ORG, DATE, ...) and logs a warning for every one it sees.
+            labels_to_ignore=sorted(labels - mapping.keys()),
+        )
+        engine = SpacyNlpEngine(models=[{"lang_code": nlp.lang, "model_name": model}], ner_model_configuration=config)
+        # Handing over the loaded pipeline keeps Presidio from loading it, and its loader would run
+        # `spacy download` for a model it cannot find.
+        engine.nlp = {nlp.lang: nlp}
+        # Only the NER recognizer: the patterns above cover the rest, and some of Presidio's pattern
+        # recognizers call tldextract, which fetches the public suffix list over the network.
+        registry = RecognizerRegistry(supported_languages=[nlp.lang])
+        registry.add_nlp_recognizer(nlp_engine=engine)
+        self.analyzer: Any = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=[nlp.lang])
+
+    def redact(self, text: str, counts: Counter[str]) -> str:
+        """Replace each entity with `[TYPE]` and count it into `counts`; placeholders already there stay."""
+        if not text.strip():
+            return text
+        found = self.analyzer.analyze(text, language=self.language, entities=self.types)
+        if not found:
+            return text
+        # A model can tag a placeholder's word ("EMAIL") or a span reaching into one: that text is
+        # already redacted and counted.
+        taken = [m.span() for m in _PLACEHOLDER.finditer(text)]
+        out, pos = [], 0
+        for r in sorted(found, key=lambda r: (r.start, -r.end)):
+            if r.start < pos or any(start < r.end and r.start < end for start, end in taken):
+                continue
+            out += [text[pos : r.start], f"[{r.entity_type}]"]
+            counts[r.entity_type] += 1
+            pos = r.end
+        return "".join(out) + text[pos:]
+
+
+def _load_spacy(spacy: Any, model: str) -> Any:
+    """Load a spaCy pipeline by package name or folder, or say how to get one; never download it."""
+    folder = Path(model).expanduser()
+    if not (spacy.util.is_package(model) or folder.is_dir()):
+        if "/" in model or "\\" in model or model.startswith((".", "~")):
+            what, package = f"there is no folder {folder}", DEFAULT_NER_MODEL
+        else:
+            what, package = f"{model} is not an installed spaCy package", model
+        raise UserError(
+            f"data.pii.ner_model: {what}. Install a spaCy model with an NER component (python -m spacy "
+            f"download {package}, or pip install the model's wheel), or set data.pii.ner_model to a folder "
+            "saved with nlp.to_disk()"
+        )
+    try:
+        return spacy.load(model if spacy.util.is_package(model) else folder)
+    except (OSError, ValueError, ImportError) as e:
+        raise UserError(f"data.pii.ner_model: could not load the spaCy pipeline {model}: {e}") from e
 
 
 def is_placeholder(text: str) -> bool:

@@ -33,6 +33,7 @@ from tuneloop.data.formats import (
     RowError,
     detect_format,
     list_files,
+    parse_json_line,
     read_rows,
     reject_from,
     to_example,
@@ -51,7 +52,6 @@ class _Row:
     raw: RawRow
     fmt: str
     origin: str  # which input it came from: train, val, test or mix
-    example: Example | None = None  # set once the row validates
     group: str = ""
 
 
@@ -74,23 +74,33 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Worked:
-    """What the per-row stages found; computed in a worker process for large inputs."""
+    """What the per-row stages found; computed in a worker process for large inputs.
 
-    example: Example | None
+    Only what the ordered stages need travels back: the example itself comes as its JSONL line,
+    ready for the spool, because pickling the object cost the reading process more than the line.
+    """
+
     error: str | None = None  # why the record is invalid
     cleaned: bool = False
     empty: str | None = None
     pii: Counter | None = None
     fingerprint: Any = None
     measured: tuple[int, int] | RowError | None = None  # (tokens, trained tokens), or why it can't render
+    line: str = ""  # the cleaned, redacted example as a JSONL line
+    label: str | None = None
+
+    def __reduce__(self) -> tuple:
+        # Pickled as a plain tuple of fields: half the cost of the default for slotted dataclasses,
+        # paid once per record in a worker and again in the reading process.
+        return (_Worked, tuple(getattr(self, name) for name in self.__slots__))
 
 
 class _RowWork:
     """Clean → redact → fingerprint for one record: pure, so it can run in any process."""
 
-    def __init__(self, data: Any, renderer: Any = None) -> None:
+    def __init__(self, data: Any, renderer: Any = None, root: Path | None = None) -> None:
         self.data = data
         self.labels = frozenset(data.labels) if data.labels else None
         self.renderer = renderer
@@ -100,15 +110,21 @@ class _RowWork:
         if data.pii.mode != "off":
             from tuneloop.data.pii import PiiScanner
 
-            self.pii = PiiScanner(data.pii.types)
+            self.pii = PiiScanner.from_config(data.pii, root)
         dd = data.dedup
         self.deduper = Deduper(exact=dd.exact, near=dd.near != "off", threshold=dd.threshold)
 
-    def __call__(self, value: Any, fmt: str, example_id: str) -> _Worked:
+    def __call__(self, value: Any, parsed: bool, fmt: str, example_id: str) -> tuple[_Worked, Example | None]:
+        """All per-row stages but the tokenizer for one record (`value` is JSON text when not `parsed`)."""
+        if not parsed:
+            row = parse_json_line(RawRow("", 0, value, parsed=False))
+            if row.error:
+                return _Worked(error=row.error), None
+            value = row.value
         try:
             example = to_example(value, fmt, example_id, self.labels)
         except RowError as e:
-            return _Worked(None, error=str(e))
+            return _Worked(error=str(e)), None
         cleaned = bool(self.cleaner and example.map_text(self.cleaner))
         empty = _empty_field(example) if cleaned else None
         found: Counter[str] = Counter()
@@ -123,16 +139,19 @@ class _RowWork:
                     return new
 
                 example.map_text(redact)
-        fingerprint = self.deduper.fingerprint(example.dedup_text()) if empty is None else None
-        return _Worked(example, None, cleaned, empty, found, fingerprint)
+        if empty is not None:
+            return _Worked(None, cleaned, empty), example
+        fingerprint = self.deduper.fingerprint(example.dedup_text())
+        line = json.dumps(example.to_json(), ensure_ascii=False) + "\n"
+        return _Worked(None, cleaned, None, found or None, fingerprint, None, line, example.label), example
 
-    def chunk(self, items: list[tuple[Any, str, str]]) -> list[_Worked]:
-        """All per-row stages for a chunk of (value, format, id), tokenizing the survivors in one batch."""
-        worked = [self(*item) for item in items]
-        alive = [w for w in worked if w.error is None and w.empty is None]
-        for w, measured in zip(alive, self.measure([w.example for w in alive]), strict=True):
+    def chunk(self, items: list[tuple[Any, bool, str, str]]) -> list[_Worked]:
+        """All per-row stages for a chunk of (value, parsed, format, id), tokenizing the survivors in one batch."""
+        results = [self(*item) for item in items]
+        alive = [(w, example) for w, example in results if w.error is None and w.empty is None]
+        for (w, _), measured in zip(alive, self.measure([example for _, example in alive]), strict=True):
             w.measured = measured
-        return worked
+        return [w for w, _ in results]
 
     def measure(self, examples: list[Example]) -> list[tuple[int, int] | RowError]:
         """(tokens, trained tokens) per example with the real tokenizer and template."""
@@ -163,7 +182,7 @@ def _init_worker(row_work: _RowWork) -> None:
     _WORKER = row_work  # inherited through fork, tokenizer included
 
 
-def _work_chunk(items: list[tuple[Any, str, str]]) -> list[_Worked]:
+def _work_chunk(items: list[tuple[Any, bool, str, str]]) -> list[_Worked]:
     assert _WORKER is not None
     return _WORKER.chunk(items)
 
@@ -204,7 +223,7 @@ class _Pipeline:
         self.work = work
         self.counts: Counter[str] = Counter()
         self.files: dict[str, dict[str, Any]] = {}
-        self.row_work = _RowWork(self.data, renderer)
+        self.row_work = _RowWork(self.data, renderer, cfg.root)
         self.deduper = self.row_work.deduper
         self.workers = workers
         self._pool: Any = None
@@ -222,8 +241,9 @@ class _Pipeline:
     def read(self, paths: list[str], origin: str) -> Iterator[_Row]:
         for file in list_files([self.cfg.path(p) for p in paths]):
             name = _display_name(file, self.cfg.root)
-            rows = read_rows(file, name)
-            head = list(itertools.islice(rows, DETECT_SAMPLE))
+            # JSONL lines are decoded in the workers; only the detection sample is decoded here.
+            rows = read_rows(file, name, parse=False)
+            head = [parse_json_line(row) for row in itertools.islice(rows, DETECT_SAMPLE)]
             fmt = self.data.format if self.data.format != "auto" else detect_format(head, name)
             stats = self.files.setdefault(name, {"format": fmt, "origin": origin, "rows": 0, "rejected": 0})
             for row in itertools.chain(head, rows):
@@ -281,8 +301,7 @@ class _Pipeline:
                 self.files[row.raw.source]["rejected"] += 1
                 self.rejects.add(row.raw, w.error, "validate")
                 continue
-            row.example = w.example
-            row.group = w.example.id
+            row.group = f"{row.raw.source}:{row.raw.line}"  # the example id; its own group until a match
             if w.cleaned:
                 self.counts["cleaned"] += 1
             if w.empty:
@@ -292,19 +311,19 @@ class _Pipeline:
                 self.counts["pii_rows"] += 1
                 self.pii_counts.update(w.pii)
             if self._dedup(row, w.fingerprint):
-                self._measure(row, w.measured)
+                self._measure(row, w)
 
     def _dedup(self, row: _Row, fingerprint: Any) -> bool:
-        ex = row.example
+        example_id = row.group
         match = self.deduper.find(fingerprint)
         if match is None:
-            self.deduper.remember(ex.id, fingerprint)
+            self.deduper.remember(example_id, fingerprint)
             if row.origin in ("val", "test"):
-                self.origin_of_holdout[ex.id] = row.origin
+                self.origin_of_holdout[example_id] = row.origin
             return True
         holdout = self.origin_of_holdout.get(match.of)
         if holdout and row.origin in ("train", "mix"):
-            self.leaks.append({"id": ex.id, "kind": match.kind, "of": match.of, "split": holdout})
+            self.leaks.append({"id": example_id, "kind": match.kind, "of": match.of, "split": holdout})
             self.counts[f"leak_{match.kind}"] += 1
             if self.fix_leakage or row.origin == "mix":
                 self.rejects.add(row.raw, f"{match.kind} duplicate of {holdout} record {match.of} (leakage)", "leakage")
@@ -313,16 +332,17 @@ class _Pipeline:
         if match.kind == "near" and self.data.dedup.near == "group":
             row.group = match.of
             self.counts["near_grouped"] += 1
-            self.clusters[match.of].append({"id": ex.id, "similarity": round(match.similarity, 3), "kept": True})
+            self.clusters[match.of].append({"id": example_id, "similarity": round(match.similarity, 3), "kept": True})
             return True
         self.counts[f"dup_{match.kind}"] += 1
-        self.clusters[match.of].append({"id": ex.id, "similarity": round(match.similarity, 3), "kept": False})
+        self.clusters[match.of].append({"id": example_id, "similarity": round(match.similarity, 3), "kept": False})
         similarity = "" if match.kind == "exact" else f" (similarity {match.similarity:.2f})"
         self.rejects.add(row.raw, f"{match.kind} duplicate of {match.of}{similarity}", "dedup")
         return False
 
-    def _measure(self, row: _Row, result: tuple[int, int] | RowError) -> None:
+    def _measure(self, row: _Row, w: _Worked) -> None:
         """Drop what cannot render, trains nothing, or is too long (by policy); keep the rest."""
+        result = w.measured
         if isinstance(result, RowError):
             self.rejects.add(row.raw, str(result), "render")
             return
@@ -337,22 +357,23 @@ class _Pipeline:
                 self.rejects.add(row.raw, f"{tokens} tokens > data.max_length {limit}", "length")
                 return
             self.counts["truncated"] += 1
-        self._keep(row, tokens, trained)
+        self._keep(row, w, tokens, trained)
 
-    def _keep(self, row: _Row, tokens: int, trained: int) -> None:
+    def _keep(self, row: _Row, w: _Worked, tokens: int, trained: int) -> None:
         spool = self._spool.get(row.origin)
         if spool is None:
             spool = self._spool[row.origin] = (self.work / f"{row.origin}.jsonl").open("w", encoding="utf-8")
-        spool.write(json.dumps(row.example.to_json(), ensure_ascii=False) + "\n")
-        self.kept[row.origin].append(_Kept(row.group, row.example.label, tokens, trained))
+        spool.write(w.line)
+        self.kept[row.origin].append(_Kept(row.group, w.label, tokens, trained))
 
     def close_spools(self) -> None:
         for f in self._spool.values():
             f.close()
 
 
-def _item(row: _Row) -> tuple[Any, str, str]:
-    return row.raw.value, row.fmt, f"{row.raw.source}:{row.raw.line}"
+def _item(row: _Row) -> tuple[Any, bool, str, str]:
+    raw = row.raw
+    return (raw.value if raw.parsed else raw.raw), raw.parsed, row.fmt, f"{raw.source}:{raw.line}"
 
 
 def _chunked(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
@@ -414,7 +435,12 @@ def prepare(
 
     rejects = _Rejects(work / "rejects.jsonl")
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
-    pipe = _Pipeline(cfg, renderer, rejects, work, workers, fix_leakage)
+    try:
+        pipe = _Pipeline(cfg, renderer, rejects, work, workers, fix_leakage)
+    except BaseException:  # e.g. a missing NER model: leave no half-made work folder behind
+        rejects.close()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     try:
         with _progress() as progress:
             # Held-out inputs go first, so a train record that copies one is caught as leakage.
@@ -430,6 +456,7 @@ def prepare(
         pipe.close_pool()
         pipe.close_spools()
         rejects.close()
+    pipe.deduper.release()  # the split below needs memory per record too; don't hold both at once
 
     if data.long == "error" and pipe.counts["too_long"]:
         total = sum(len(k) for k in pipe.kept.values())

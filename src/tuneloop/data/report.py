@@ -71,6 +71,7 @@ def build(cfg: Any, pipe: Any, splits: dict[str, dict], rejects: Any, tokenized:
         "cleaned_rows": counts["cleaned"],
         "pii": {
             "mode": data.pii.mode,
+            "ner": f"{data.pii.ner} ({data.pii.ner_model})" if data.pii.ner != "off" else "off",
             "rows": counts["pii_rows"],
             "by_type": dict(sorted(pipe.pii_counts.items())),
         },
@@ -209,7 +210,9 @@ def markdown(report: dict[str, Any], has_plot: bool) -> str:
     else:
         lines.append("Not tokenized (--no-tokenize): lengths were not checked.")
     pii = report["pii"]
-    lines += ["", "## Personal data", "", f"Mode: {pii['mode']}; records with PII: {pii['rows']:,}.", ""]
+    lines += ["", "## Personal data", "", f"Mode: {pii['mode']}; names and places: {pii['ner']}; "]
+    lines[-1] += f"records with PII: {pii['rows']:,}."
+    lines.append("")
     if pii["by_type"]:
         lines += ["| type | found |", "| --- | ---: |"] + [f"| {t} | {n:,} |" for t, n in pii["by_type"].items()]
     d = report["dedup"]

@@ -1,0 +1,26 @@
+"""The benchmark scripts run (on tiny sizes) and report what they promise."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_data_prepare_bench_reports_rates_quality_and_the_ratio():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench/data_prepare.py"), "--rows", "3000", "--modes", "plain,datasketch"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    ours = re.search(r"without tokenization: ([\d,]+) rows/s.*recall ([\d.]+), precision ([\d.]+)", out)
+    theirs = re.search(r"datasketch dedup alone: ([\d,]+) rows/s.*recall ([\d.]+), precision ([\d.]+)", out)
+    assert ours and theirs, out
+    assert float(ours[2]) >= 0.9 and float(ours[3]) >= 0.99  # planted near-duplicates are found
+    assert float(theirs[3]) >= 0.9
+    assert re.search(r"without tokenization runs at [\d.]+x the rows/s of datasketch", out), out
