@@ -53,3 +53,21 @@ def test_no_tokenize_says_tokens_were_not_measured(cli, tmp_path: Path, tiny_lla
     report = json.loads((cfg.parent / "data/prepared/report.json").read_text())
     assert report["tokens_per_epoch"] is None and report["splits"]["train"]["tokens"] is None
     assert "Not tokenized" in (cfg.parent / "data/prepared/report.md").read_text()
+
+
+def test_workers_option_reaches_the_stage(cli, tmp_path: Path, tiny_llama: Path, monkeypatch):
+    from tuneloop.data import prepare as prepare_module
+
+    seen = []
+    real = prepare_module.prepare
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "prepare", spy)
+    cfg = new_project(cli, tmp_path, tiny_llama)
+    assert cli("data", "prepare", "-c", cfg, "--workers", "1").code == 0
+    assert cli("data", "prepare", "-c", cfg).code == 0
+    assert seen == [1, None]
+    assert cli("data", "prepare", "-c", cfg, "--workers", "0").code == 2  # not a process count

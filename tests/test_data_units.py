@@ -55,19 +55,22 @@ def test_band_index_gives_the_same_matches_after_moving_entries_to_its_arrays():
     words = "refund invoice storage plan folder share sync login password device backup export".split()
     texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(60)]
     texts += [t.replace(t.split()[5], "zebra", 1) for t in texts[:20]]  # near copies of the first 20
+    texts += [t.upper() for t in texts[20:30]]  # exact copies once normalised
     in_dict, flushed = Deduper(), Deduper()
     flushed._index.flush_at = 16  # about every two records
+    flushed._exact_index.flush_at = 4
     got_dict = [in_dict.add(str(i), t) for i, t in enumerate(texts)]
     got_flushed = [flushed.add(str(i), t) for i, t in enumerate(texts)]
     assert flushed._index.keys.size > 0 and len(flushed._index.recent) < 16
     assert got_dict == got_flushed
     assert sum(m is not None and m.kind == "near" for m in got_flushed) >= 14
+    assert [m.of for m in got_flushed[-10:]] == [str(i) for i in range(20, 30)]  # all exact, of the right record
 
 
 def test_band_index_keeps_every_record_of_a_shared_band_across_flushes():
-    from tuneloop.data.dedup import _BandIndex
+    from tuneloop.data.dedup import _KeyIndex
 
-    index = _BandIndex(flush_at=3)
+    index = _KeyIndex(flush_at=3)
     bands_of = {0: [5, 9], 1: [5, 2**64 - 1], 2: [7, 9], 3: [5, 8], 4: [1, 2]}
     for i, bands in bands_of.items():
         index.add(bands, i)

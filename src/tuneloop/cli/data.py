@@ -31,13 +31,17 @@ def prepare(
         bool,
         typer.Option("--tokenize/--no-tokenize", help="Measure lengths with the model's tokenizer and template."),
     ] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Processes for the per-record stages (default: the CPU count, up to 4)."),
+    ] = None,
 ) -> None:
     """Run the data stage: writes train/val/test.jsonl, rejects.jsonl, report.{json,md}, lengths.png, manifest.json."""
     from tuneloop.data.prepare import prepare as run_prepare
 
     extra = [f"data.pii.mode={pii}"] if pii else []
     cfg = load_config(config_path, [*(overrides or []), *extra])
-    result = run_prepare(cfg, tokenize=tokenize, strict=strict, fix_leakage=fix)
+    result = run_prepare(cfg, tokenize=tokenize, strict=strict, fix_leakage=fix, workers=workers)
     _print_summary(result.report, result.out_dir)
 
 

@@ -16,7 +16,8 @@ _WORD = re.compile(r"\w+")
 SHINGLE = 3  # word n-grams: short support texts need small shingles to register near duplicates
 # Odd multipliers that combine three word hashes into one shingle hash (arithmetic wraps at 2^32).
 _COMBINE = (np.uint32(0x9E3779B1), np.uint32(0x85EBCA77))
-_SIGNATURE_DTYPE = np.uint16  # see Deduper: the low 16 bits of each MinHash value are kept
+_SIGNATURE_DTYPE = np.uint8  # see Deduper: the low 8 bits of each MinHash value are kept
+_CHANCE = 1 / 256  # how often the low 8 bits of two different values agree
 _BLOCK = 65536  # signatures per storage block
 
 
@@ -61,15 +62,15 @@ class Fingerprint:
         return (Fingerprint, (self.key, self.signature, self.bands))  # a plain tuple pickles fastest
 
 
-class _BandIndex:
-    """Band hash → indices of the kept records that have it.
+class _KeyIndex:
+    """Hash key (of a text, or of a signature band) → indices of the kept records that have it.
 
     New entries go to a dict; every `flush_at` entries they move into one sorted pair of numpy
-    arrays (12 bytes an entry instead of about 90 in a dict, which made the band index most of the
-    memory on a million records).
+    arrays (12 bytes an entry instead of about 90 in a dict: the dicts were most of the memory on
+    a million records).
     """
 
-    def __init__(self, flush_at: int = 1 << 19) -> None:
+    def __init__(self, flush_at: int = 1 << 18) -> None:
         self.flush_at = flush_at
         self.recent: dict[int, int | list[int]] = {}
         self.keys = np.empty(0, dtype=np.uint64)
@@ -124,7 +125,7 @@ class Deduper:
     """Finds duplicates of records seen before. `add()` returns a Match or None (and remembers the record).
 
     datasketch computes the MinHash signatures and chooses the LSH banding (b bands of r rows) that
-    best separates the threshold. The band index is our own (`_BandIndex`), keyed by 64-bit band
+    best separates the threshold. The band index is our own (`_KeyIndex`), keyed by 64-bit band
     hashes computed with the signature, so the order-dependent part (query, insert) is a few dict
     and array lookups: datasketch's own index cost 150 µs per record in the single-threaded stage.
     """
@@ -134,15 +135,14 @@ class Deduper:
     threshold: float = 0.85
     num_perm: int = 128
     seed: int = 1
-    _exact: dict[int, str] = field(default_factory=dict)
-    _ids: list[str] = field(default_factory=list)
+    _ids: list[str] = field(default_factory=list)  # of the kept records, by index
 
     def __post_init__(self) -> None:
         from datasketch import MinHash, MinHashLSH
 
         params = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
         self._bands, self._rows = params.b, params.r
-        self._index = _BandIndex()
+        self._index, self._exact_index = _KeyIndex(), _KeyIndex()
         # The shingles arrive already hashed (`shingle_hashes`), so datasketch's hash is the identity.
         self._template = MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=int)
         # A band's hash is a random linear form of its values (wrapping at 2^64), different for
@@ -151,10 +151,9 @@ class Deduper:
         rng = np.random.default_rng(self.seed)
         odd = rng.integers(0, 2**63, size=(self._bands, self._rows), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self._band_mix = odd
-        # Signatures of kept records, in blocks so growing never copies them all. Only the low 16
-        # bits of each value are kept: two different minima still agree by chance with probability
-        # 2^-16 per value, which moves a similarity estimate by less than 0.0001, at half the
-        # memory of the full 32-bit values.
+        # Signatures of kept records, in blocks so growing never copies them all. Only the low 8
+        # bits of each value are kept (a quarter of the memory): two different minima then agree by
+        # chance 1 time in 256, which `find` takes out of the estimate.
         self._blocks: list[np.ndarray] = []
 
     def fingerprint(self, text: str) -> Fingerprint:
@@ -173,9 +172,9 @@ class Deduper:
     def find(self, fp: Fingerprint) -> Match | None:
         """The earlier record this fingerprint duplicates, without remembering it."""
         if self.exact:
-            kept = self._exact.get(fp.key)
-            if kept is not None:
-                return Match("exact", kept, 1.0)
+            kept = self._exact_index.get([fp.key])
+            if kept:
+                return Match("exact", self._ids[min(kept)], 1.0)
         if self.near and fp.signature is not None:
             candidates = self._index.get(fp.bands)
             if candidates:
@@ -185,17 +184,17 @@ class Deduper:
                 signature = np.frombuffer(fp.signature, dtype=_SIGNATURE_DTYPE)
                 agreement = (np.stack([self._signature(i) for i in ordered]) == signature).sum(axis=1)
                 best = int(np.argmax(agreement))
-                similarity = float(agreement[best]) / self.num_perm
+                similarity = max(0.0, (float(agreement[best]) / self.num_perm - _CHANCE) / (1 - _CHANCE))
                 if similarity >= self.threshold:
                     return Match("near", self._ids[ordered[best]], similarity)
         return None
 
     def remember(self, record_id: str, fp: Fingerprint) -> None:
+        index = len(self._ids)
+        self._ids.append(record_id)
         if self.exact:
-            self._exact.setdefault(fp.key, record_id)
+            self._exact_index.add([fp.key], index)
         if self.near and fp.signature is not None:
-            index = len(self._ids)
-            self._ids.append(record_id)
             block, row = divmod(index, _BLOCK)
             if block == len(self._blocks):
                 self._blocks.append(np.empty((_BLOCK, self.num_perm), dtype=_SIGNATURE_DTYPE))
@@ -204,7 +203,7 @@ class Deduper:
 
     def release(self) -> None:
         """Forget every record seen (frees the index); the deduper starts empty again."""
-        self._exact, self._ids, self._blocks, self._index = {}, [], [], _BandIndex(self._index.flush_at)
+        self._ids, self._blocks, self._index, self._exact_index = [], [], _KeyIndex(), _KeyIndex()
 
     def _signature(self, index: int) -> np.ndarray:
         block, row = divmod(index, _BLOCK)
