@@ -55,7 +55,7 @@ class Fingerprint:
     """
 
     key: int  # hash of the normalised text, for exact duplicates
-    signature: bytes | None  # MinHash values (low 16 bits each), for the similarity estimate
+    signature: bytes | None  # MinHash values (low 8 bits each), for the similarity estimate
     bands: list[int]  # LSH band hashes: texts sharing any band are candidates
 
     def __reduce__(self) -> tuple:
@@ -76,14 +76,15 @@ class _KeyIndex:
         self.keys = np.empty(0, dtype=np.uint64)
         self.values = np.empty(0, dtype=np.int32)
 
-    def get(self, bands: list[int]) -> set[int]:
+    def get(self, keys: list[int]) -> set[int]:
+        """Indices of the records that have any of `keys`."""
         found: set[int] = set()
-        for band in bands:
-            hit = self.recent.get(band)
+        for key in keys:
+            hit = self.recent.get(key)
             if hit is not None:
                 found.update(hit) if isinstance(hit, list) else found.add(hit)
         if self.keys.size:
-            query = np.array(bands, dtype=np.uint64)
+            query = np.array(keys, dtype=np.uint64)
             lo = np.searchsorted(self.keys, query, "left").tolist()
             hi = np.searchsorted(self.keys, query, "right").tolist()
             for start, end in zip(lo, hi, strict=True):
@@ -91,14 +92,15 @@ class _KeyIndex:
                     found.update(self.values[start:end].tolist())
         return found
 
-    def add(self, bands: list[int], index: int) -> None:
-        for band in bands:
-            hit = self.recent.setdefault(band, index)  # a bare int until a second record shares it
+    def add(self, keys: list[int], index: int) -> None:
+        """Record that the record `index` has `keys`."""
+        for key in keys:
+            hit = self.recent.setdefault(key, index)  # a bare int until a second record shares it
             if hit != index:
                 if isinstance(hit, list):
                     hit.append(index)
                 else:
-                    self.recent[band] = [hit, index]
+                    self.recent[key] = [hit, index]
         if len(self.recent) >= self.flush_at:
             self.flush()
 
