@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.train_helpers import adapter_weights, chat_rows, make_train_project, sigterm_at_training_step
-from tuneloop import config, loop
+from tuneloop import config, loop, registry
 from tuneloop.curve import parse_sizes
 from tuneloop.errors import UserError
 from tuneloop.train import sft
@@ -164,6 +164,9 @@ def test_curve_on_the_tiny_model(project: Path, cli) -> None:
     assert "output_length" in done.out and "curve.png" in done.out
     runs = {json.loads((d / "summary.json").read_text())["examples"]["train"] for d in map(Path, data["runs"].values())}
     assert runs == {12, 24}
+    for run in map(Path, data["runs"].values()):  # each point's data record lists its own subset
+        rows = registry.read_row_hashes(run)["train"]
+        assert sum(rows.values()) == json.loads((run / "summary.json").read_text())["examples"]["train"]
 
     again = cli("curve", "--sizes", "12,24", "--config", project, *sets)
     assert again.code == 0 and "evaluation were reused" in again.err

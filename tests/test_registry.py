@@ -289,6 +289,19 @@ def test_row_hashes_count_rows_added_removed_and_kept(proj: Path, tmp_path: Path
     assert data["splits"]["test"] == {"rows_a": 2, "rows_b": 2, "kept": 2, "added": 0, "removed": 0}
 
 
+def test_row_hashes_of_a_subset_run_list_only_the_rows_it_trained_on(proj: Path, tmp_path: Path) -> None:
+    cfg = load(proj)
+    small, large = make_run(proj, "chat-a"), make_run(proj, "chat-b")
+    train = [{"id": f"d.jsonl:{i}", **chat(i)} for i in range(6)]
+    prepared = write_prepared(tmp_path / "p", {"train": train, "test": [chat(100)]})
+    registry.write_row_hashes(small, prepared, {"d.jsonl:1", "d.jsonl:4"})  # train.examples=2
+    registry.write_row_hashes(large, prepared, None)  # the whole split
+    data = registry.compare(cfg, "chat-a", "chat-b")["data"]
+    assert data["same"] is False
+    assert data["splits"]["train"] == {"rows_a": 2, "rows_b": 6, "kept": 2, "added": 4, "removed": 0}
+    assert data["splits"]["test"]["kept"] == 1
+
+
 def test_data_diff_falls_back_to_manifest_hashes(proj: Path) -> None:
     cfg = load(proj)
     make_run(proj, "chat-a")

@@ -21,7 +21,7 @@ import re
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -576,10 +576,11 @@ def _row_hash(line: str) -> str:
     return xxhash.xxh64_hexdigest(canonical.encode("utf-8"))
 
 
-def write_row_hashes(run_dir: Path, prepared_dir: Path) -> Path:
+def write_row_hashes(run_dir: Path, prepared_dir: Path, train_ids: Collection[str] | None = None) -> Path:
     """Write `data-rows.txt.gz` into a run folder: one `split<TAB>hash` line per prepared row.
 
-    `compare` uses it to count the rows two runs' data have in common. Returns the file's path.
+    `train_ids` limits the train rows to those the run trained on (a `train.examples` subset).
+    `compare` uses the file to count the rows two runs' data have in common. Returns its path.
     """
     run_dir, prepared_dir = Path(run_dir), Path(prepared_dir)
     if not prepared_dir.is_dir():
@@ -593,8 +594,11 @@ def write_row_hashes(run_dir: Path, prepared_dir: Path) -> Path:
                 continue
             with path.open(encoding="utf-8") as f:
                 for line in f:
-                    if line.strip():
-                        raw.write(f"{split}\t{_row_hash(line)}\n".encode())
+                    if not line.strip():
+                        continue
+                    if split == "train" and train_ids is not None and json.loads(line)["id"] not in train_ids:
+                        continue
+                    raw.write(f"{split}\t{_row_hash(line)}\n".encode())
     os.replace(tmp, out)
     return out
 

@@ -452,7 +452,8 @@ def train(
     if rank0 and resume_from is None:
         cfg.save_resolved(run_dir)
         (run_dir / "data-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir))
+        used = {e.id for e in train_examples} if cfg.train.examples is not None else None
+        registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir), used)
         runs.record_environment(run_dir, cfg.root)
         registry.record(cfg, run_dir)
     checkpoints = run_dir / "checkpoints"
