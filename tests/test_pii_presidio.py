@@ -7,6 +7,7 @@ English pipeline with an entity_ruler, saved to a folder the way a user's own pi
 import concurrent.futures
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,16 @@ def test_names_and_places_become_placeholders(scanner: PiiScanner):
     assert redacted == "[PERSON] of Acme flew from [LOCATION] to [LOCATION], then to [LOCATION]."
     assert counts == {"PERSON": 1, "LOCATION": 3}
     assert is_placeholder("[PERSON]") and is_placeholder("[LOCATION]")
+
+
+def test_batches_give_what_one_text_at_a_time_gives(scanner: PiiScanner):
+    texts = ["Jane Doe lives near Lake Geneva.", "", "no names here", "Ann wrote to [EMAIL] from Paris."] * 20
+    one_by_one = []
+    for text in texts:
+        counts: Counter[str] = Counter()
+        one_by_one.append((scanner.ner.redact(text, counts), counts))
+    assert scanner.ner.redact_many(texts, batch_size=7) == one_by_one
+    assert one_by_one[0] == ("[PERSON] lives near [LOCATION].", {"PERSON": 1, "LOCATION": 1})
 
 
 @pytest.mark.parametrize("text", ["", "   ", "the order from acme shipped on monday", "paris in lower case"])

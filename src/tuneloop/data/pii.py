@@ -226,11 +226,14 @@ class PiiScanner:
             model = str(root / model)
         return cls(pii.types, ner=pii.ner, ner_model=model, ner_types=pii.ner_types)
 
-    def redact(self, text: str) -> tuple[str, Counter[str]]:
-        """Replace each PII span with `[TYPE]`; return the new text and the count per type."""
+    def redact(self, text: str, ner: bool = True) -> tuple[str, Counter[str]]:
+        """Replace each PII span with `[TYPE]`; return the new text and the count per type.
+
+        `ner=False` applies the patterns only, for a caller that runs `self.ner` in batches.
+        """
         counts: Counter[str] = Counter()
         features = _features(text)
-        if not features and self.ner is None:
+        if not features and (self.ner is None or not ner):
             return text, counts
         for name, pattern, validate, needs in self._rules:
             if needs not in features:
@@ -243,13 +246,13 @@ class PiiScanner:
                 return f"[{name}]"
 
             text = pattern.sub(replace, text)
-        if self.ner is not None:
+        if self.ner is not None and ner:
             text = self.ner.redact(text, counts)
         return text, counts
 
-    def detect(self, text: str) -> Counter[str]:
+    def detect(self, text: str, ner: bool = True) -> Counter[str]:
         """Count PII per type without changing the text."""
-        return self.redact(text)[1]
+        return self.redact(text, ner)[1]
 
 
 class PresidioNer:
@@ -301,7 +304,22 @@ class PresidioNer:
         """Replace each entity with `[TYPE]` and count it into `counts`; placeholders already there stay."""
         if not text.strip():
             return text
-        found = self.analyzer.analyze(text, language=self.language, entities=self.types)
+        return self._replace(text, self.analyzer.analyze(text, language=self.language, entities=self.types), counts)
+
+    def redact_many(self, texts: list[str], batch_size: int = 64) -> list[tuple[str, Counter[str]]]:
+        """`redact` for many texts, with the spaCy pipeline run over them in batches (`nlp.pipe`)."""
+        from presidio_analyzer import BatchAnalyzerEngine
+
+        batch = BatchAnalyzerEngine(self.analyzer)
+        found = batch.analyze_iterator(texts, language=self.language, batch_size=batch_size, entities=self.types)
+        out = []
+        for text, entities in zip(texts, found, strict=True):
+            counts: Counter[str] = Counter()
+            out.append((self._replace(text, entities, counts), counts))
+        return out
+
+    @staticmethod
+    def _replace(text: str, found: list[Any], counts: Counter[str]) -> str:
         if not found:
             return text
         # A model can tag a placeholder's word ("EMAIL") or a span reaching into one: that text is

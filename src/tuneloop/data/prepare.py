@@ -98,7 +98,7 @@ class _Worked:
 
 
 class _RowWork:
-    """Clean → redact → fingerprint for one record: pure, so it can run in any process."""
+    """Validate → clean → redact → fingerprint → measure for a chunk of records: pure, so it can run in any process."""
 
     def __init__(self, data: Any, renderer: Any = None, root: Path | None = None) -> None:
         self.data = data
@@ -127,31 +127,49 @@ class _RowWork:
             return _Worked(error=str(e)), None
         cleaned = bool(self.cleaner and example.map_text(self.cleaner))
         empty = _empty_field(example) if cleaned else None
-        found: Counter[str] = Counter()
-        if self.pii is not None and empty is None:
-            if self.detect_only:
-                example.map_text(lambda text: (found.update(self.pii.detect(text)), text)[1])
-            else:
-
-                def redact(text: str) -> str:
-                    new, counts = self.pii.redact(text)
-                    found.update(counts)
-                    return new
-
-                example.map_text(redact)
         if empty is not None:
             return _Worked(None, cleaned, empty), example
-        fingerprint = self.deduper.fingerprint(example.dedup_text())
-        line = json.dumps(example.to_json(), ensure_ascii=False) + "\n"
-        return _Worked(None, cleaned, None, found or None, fingerprint, None, line, example.label), example
+        found: Counter[str] = Counter()
+        if self.pii is not None:  # the patterns; names and places go in batches, in `chunk`
+
+            def redact(text: str) -> str:
+                new, counts = self.pii.redact(text, ner=False)
+                found.update(counts)
+                return text if self.detect_only else new
+
+            example.map_text(redact)
+        return _Worked(None, cleaned, None, found or None, label=example.label), example
 
     def chunk(self, items: list[tuple[Any, bool, str, str]]) -> list[_Worked]:
-        """All per-row stages for a chunk of (value, parsed, format, id), tokenizing the survivors in one batch."""
+        """All per-row stages for a chunk of (value, parsed, format, id); NER and the tokenizer run in batches."""
         results = [self(*item) for item in items]
         alive = [(w, example) for w, example in results if w.error is None and w.empty is None]
+        if self.pii is not None and self.pii.ner is not None:
+            self._names_and_places(alive)
+        for w, example in alive:
+            w.fingerprint = self.deduper.fingerprint(example.dedup_text())
+            w.line = json.dumps(example.to_json(), ensure_ascii=False) + "\n"
         for (w, _), measured in zip(alive, self.measure([example for _, example in alive]), strict=True):
             w.measured = measured
         return [w for w, _ in results]
+
+    def _names_and_places(self, alive: list[tuple[_Worked, Example]]) -> None:
+        """Run the NER backend over every text of the chunk at once (spaCy is far faster on batches)."""
+        texts: list[str] = []
+        for _, example in alive:
+            example.map_text(lambda text: (texts.append(text), text)[1])
+        redacted = iter(self.pii.ner.redact_many(texts))
+        for w, example in alive:
+            found: Counter[str] = Counter()
+
+            def put_back(text: str, found: Counter[str] = found) -> str:
+                new, counts = next(redacted)
+                found.update(counts)
+                return text if self.detect_only else new
+
+            example.map_text(put_back)
+            if found:
+                w.pii = found + (w.pii or Counter())
 
     def measure(self, examples: list[Example]) -> list[tuple[int, int] | RowError]:
         """(tokens, trained tokens) per example with the real tokenizer and template."""
