@@ -170,6 +170,38 @@ def test_offline_hub_id_says_what_to_pass(monkeypatch: pytest.MonkeyPatch):
     assert "local folder" in message and "parameter count" in message
 
 
+def test_no_connection_is_said_at_once_not_after_the_hub_clients_retries(monkeypatch: pytest.MonkeyPatch):
+    import time
+
+    from tuneloop import models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"tuneloop-tests/not-a-cached-model: no connection to https?://"):
+        plan.model_shape("tuneloop-tests/not-a-cached-model")
+    assert time.perf_counter() - start < 5  # huggingface_hub alone retries for ~25 s
+
+
+def test_hub_reachable_tries_one_connection_and_trusts_a_proxy(monkeypatch: pytest.MonkeyPatch):
+    import socket
+
+    from tuneloop import models
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    tries = []
+
+    def refuse(address, timeout):
+        tries.append((address, timeout))
+        raise OSError("no route")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    assert models.hub_reachable(timeout=0.5) is False
+    assert len(tries) == 1 and tries[0][1] == 0.5 and tries[0][0][1] in (80, 443)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert models.hub_reachable() is True and len(tries) == 1
+
+
 def test_unknown_names_are_user_errors(tmp_path: Path):
     with pytest.raises(UserError, match="parameter count like 7B"):
         plan.model_shape("not a model")

@@ -313,10 +313,19 @@ def _local_config(path: Path, trust_remote_code: bool) -> Any:
 
 
 def _hub_config(repo_id: str, revision: str | None, trust_remote_code: bool) -> Any:
+    from huggingface_hub import constants, try_to_load_from_cache
     from transformers import AutoConfig
 
+    from tuneloop.models import hub_reachable
+
+    cached = isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+    offline = not cached and not constants.HF_HUB_OFFLINE and not hub_reachable()
     try:
-        return AutoConfig.from_pretrained(repo_id, revision=revision, trust_remote_code=trust_remote_code)
+        if offline:  # say so now rather than after the hub client's retries
+            raise OSError(f"no connection to {constants.ENDPOINT}")
+        return AutoConfig.from_pretrained(
+            repo_id, revision=revision, trust_remote_code=trust_remote_code, local_files_only=cached
+        )
     except (OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
