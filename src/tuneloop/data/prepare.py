@@ -115,7 +115,10 @@ class _RowWork:
         self.deduper = Deduper(exact=dd.exact, near=dd.near != "off", threshold=dd.threshold)
 
     def __call__(self, value: Any, parsed: bool, fmt: str, example_id: str) -> tuple[_Worked, Example | None]:
-        """All per-row stages but the tokenizer for one record (`value` is JSON text when not `parsed`)."""
+        """Validate, clean and apply the PII patterns to one record (`value` is JSON text when not `parsed`).
+
+        NER, the fingerprint, the JSONL line and the tokenizer follow in `chunk`, after NER's batch.
+        """
         if not parsed:
             row = parse_json_line(RawRow("", 0, value, parsed=False))
             if row.error:
