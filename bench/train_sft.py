@@ -215,8 +215,9 @@ def prepared_items(cfg_path: Path) -> tuple[Path, list[dict]]:
     """Prepare the data once; both systems read the same prepared train split."""
     from tuneloop import config
     from tuneloop.data.prepare import prepare
+    from tuneloop.data.prepared import load_split
     from tuneloop.models import load_tokenizer, resolve
-    from tuneloop.train.sft import load_split, render_split
+    from tuneloop.train.sft import render_split
 
     cfg = config.load(cfg_path)
     tokenizer = load_tokenizer(resolve(cfg.model.name))

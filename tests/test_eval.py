@@ -65,8 +65,9 @@ def test_completion_nll_is_the_training_loss(trained: tuple[Path, Path]) -> None
     """Test perplexity measures the same tokens, the same way, as validation loss."""
     import torch
 
+    from tuneloop.data.prepared import load_split
     from tuneloop.train.batching import Collator
-    from tuneloop.train.sft import load_model, load_split, render_split, token_loss
+    from tuneloop.train.sft import load_model, render_split, token_loss
 
     path, _ = trained
     cfg = config.load(path)
@@ -307,6 +308,7 @@ def test_judge_down_is_an_error_not_a_zero(trained: tuple[Path, Path], tmp_path:
 def test_generation_metrics_during_training_pick_the_best_checkpoint(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    from tuneloop.evaluate.runner import higher_is_better, training_evaluator
     from tuneloop.train.sft import train
 
     path, _ = trained
@@ -321,7 +323,7 @@ def test_generation_metrics_during_training_pick_the_best_checkpoint(
             "eval.max_new_tokens=6",
         ],
     )
-    result = train(cfg)
+    result = train(cfg, evaluator=training_evaluator, higher_is_better=higher_is_better)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_rougeL" in r]
     assert [r["step"] for r in evals] == [0, 5, 10]
@@ -376,9 +378,9 @@ def test_vllm_backend_gets_our_token_prompts_and_the_adapter(
     import types
 
     from tuneloop import generate
+    from tuneloop.data.prepared import load_split
     from tuneloop.data.render import Renderer
     from tuneloop.models import load_tokenizer
-    from tuneloop.train.sft import load_split
 
     calls: list[dict] = []
 

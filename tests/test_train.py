@@ -15,6 +15,7 @@ import torch
 
 from tests.train_helpers import adapter_weights, chat_rows, losses, make_train_project, sigterm_at_training_step
 from tuneloop import config
+from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint, sft
 from tuneloop.train.batching import Collator, choose_layout
@@ -347,7 +348,7 @@ def test_gradient_checkpointing_and_length_grouping(project: Path):
 def test_precision_auto_uses_bf16_on_cpu_only_when_it_matches_fp32(project: Path, monkeypatch: pytest.MonkeyPatch):
     cfg = load(project)
     model, tokenizer = sft.load_model(cfg)
-    items = sft.render_split(sft.load_split(cfg, "train")[0][:4], tokenizer, cfg, "train")
+    items = sft.render_split(load_split(cfg, "train")[0][:4], tokenizer, cfg, "train")
     probe = Collator(tokenizer.pad_token_id, packed=False)(items)
     monkeypatch.setattr(sft, "cpu_supports_bf16", lambda: False)
     assert sft.choose_precision("auto", model, probe)[0] == "fp32"
@@ -380,7 +381,7 @@ def test_qlora_gradients_survive_an_evaluation_pass(project: Path):
     model, tokenizer = sft.load_model(cfg)
     torch.manual_seed(0)
     model = wrap(model, cfg, gradient_checkpointing=False)
-    items = sft.render_split(sft.load_split(cfg, "train")[0][:4], tokenizer, cfg, "train")
+    items = sft.render_split(load_split(cfg, "train")[0][:4], tokenizer, cfg, "train")
     batch = Collator(tokenizer.pad_token_id, packed=False)(items)
 
     def grads() -> dict[str, torch.Tensor]:

@@ -24,11 +24,15 @@ from pydantic import (
     model_validator,
 )
 
-from tuneloop.data.pii import DEFAULT_NER_MODEL, NER_TYPES, PII_TYPES
 from tuneloop.errors import UserError
 
 CONFIG_FILENAME = "tuneloop.yaml"
 RESOLVED_FILENAME = "config.resolved.yaml"
+
+# What data.pii finds (tuneloop.data.pii): pattern types, and the types a NER model finds.
+PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET")
+NER_TYPES: tuple[str, ...] = ("PERSON", "LOCATION")
+DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 
 TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
 MethodName = Literal["full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning"]

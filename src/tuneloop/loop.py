@@ -154,10 +154,14 @@ def train_stage(
     cfg: ProjectConfig, manifest: dict[str, Any], kind: str = "loop", group: str | None = None
 ) -> tuple[Stage, Path, str]:
     """(stage, run folder, training status): reuse a finished run, resume an interrupted one, or train."""
-    from tuneloop import runs
-    from tuneloop.train import checkpoint
-    from tuneloop.train.sft import train
+    from functools import partial
 
+    from tuneloop import runs
+    from tuneloop.evaluate.runner import higher_is_better, training_evaluator
+    from tuneloop.train import checkpoint, sft
+
+    # The evaluation stage lends training its metrics on generated answers and their directions.
+    train = partial(sft.train, evaluator=training_evaluator, higher_is_better=higher_is_better)
     key = train_key(cfg, manifest)
     run_dir = find_run(cfg, key)
     if run_dir is not None and _finished(run_dir):

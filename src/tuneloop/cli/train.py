@@ -23,13 +23,14 @@ def train(
 ) -> None:
     """Fine-tune the model on data/prepared; writes runs/<id>/ with checkpoints, metrics, loss.png and final/."""
     from tuneloop import console, runs
+    from tuneloop.evaluate.runner import higher_is_better, training_evaluator
     from tuneloop.train.sft import train as run_training
 
     cfg = load_config(config_path, overrides)
     target = None
     if resume or run is not None:
         target = run if run is not None else runs.latest_run(cfg)
-    result = run_training(cfg, resume=target)
+    result = run_training(cfg, resume=target, evaluator=training_evaluator, higher_is_better=higher_is_better)
     s = result.summary
     session = s["this_session"]
     best = s["best"]

@@ -16,17 +16,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tuneloop.config import DEFAULT_NER_MODEL, NER_TYPES, PII_TYPES, PiiConfig
 from tuneloop.errors import UserError
 
-if TYPE_CHECKING:
-    from tuneloop.config import PiiConfig
-
-PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET")
-NER_TYPES: tuple[str, ...] = ("PERSON", "LOCATION")
 NER_BACKENDS: tuple[str, ...] = ("off", "presidio")
-DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 
 _SECRET = re.compile(
     r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----"

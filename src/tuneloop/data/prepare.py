@@ -43,8 +43,6 @@ from tuneloop.files import sha256_file
 
 SPLITS = ("train", "val", "test")
 CHUNK = 1024  # records per worker task and per tokenizer call; smaller inputs never start the pool
-MIN_EXAMPLES = 1000
-MIN_VAL_SHARE = 0.10
 
 
 @dataclass(slots=True)

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 MAX_CLUSTERS = 50
+MIN_EXAMPLES = 1000  # fewer training examples than this get a warning
+MIN_VAL_SHARE = 0.10  # and so does a smaller validation share
 
 
 def build(cfg: Any, pipe: Any, splits: dict[str, dict], rejects: Any, tokenized: bool) -> dict[str, Any]:
     """Assemble the report from the pipeline's counters."""
-    from tuneloop.data.prepare import MIN_EXAMPLES, MIN_VAL_SHARE
-
     data = cfg.data
     counts = pipe.counts
     rows_in = sum(v for k, v in counts.items() if k.startswith("in_"))

@@ -85,7 +85,7 @@ def test_cases(examples: list[Example]) -> list[Case]:
 def load_test(cfg: ProjectConfig, private: bool) -> tuple[list[Example], str, str]:
     """(examples, sha256 of the test data, where it came from)."""
     from tuneloop.data.prepare import sha256_file
-    from tuneloop.train.sft import load_split
+    from tuneloop.data.prepared import load_split
 
     if private:
         if not cfg.eval.private_test:

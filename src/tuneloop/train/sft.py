@@ -19,6 +19,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from tuneloop import console
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
 from tuneloop.data.formats import Example, RowError
+from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.batching import IGNORE, Collator, choose_layout
@@ -56,21 +58,23 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+# The evaluation stage's part in training, passed in by the caller (training never imports a sibling
+# stage): a factory for the function run on the model at every evaluation, and the direction of a metric.
+Evaluator = Callable[[Any], dict[str, float]]
+EvaluatorFactory = Callable[[ProjectConfig, list[Example], Any], Evaluator | None]
+MetricDirection = Callable[[str], bool]
+
+
+def loss_direction(metric: str) -> bool:
+    """Direction of the metrics training measures by itself: loss falls, token_accuracy rises."""
+    if metric not in ("loss", "token_accuracy"):
+        raise UserError(
+            f"train.metric {metric!r} is measured by the evaluation stage; pass train(higher_is_better=...)"
+        )
+    return metric == "token_accuracy"
+
+
 # --------------------------------------------------------------------------- 1-2. data
-
-
-def load_split(cfg: ProjectConfig, name: str) -> tuple[list[Example], dict]:
-    """Examples of one prepared split, plus the manifest that vouches for them."""
-    folder = cfg.path(cfg.data.prepared_dir)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(f"no prepared data in {folder}; run `tuneloop data prepare --config {cfg.root}/...` first")
-    manifest = json.loads(manifest_path.read_text())
-    path = folder / f"{name}.jsonl"
-    if not path.is_file():
-        return [], manifest
-    examples = [Example.from_json(json.loads(line)) for line in path.open(encoding="utf-8") if line.strip()]
-    return examples, manifest
 
 
 def subset(examples: list[Example], n: int, seed: int) -> list[Example]:
@@ -392,11 +396,15 @@ def train(
     run_dir: Path | None = None,
     model: Any = None,
     tokenizer: Any = None,
+    evaluator: EvaluatorFactory | None = None,
+    higher_is_better: MetricDirection = loss_direction,
 ) -> TrainResult:
     """Run supervised fine-tuning for `cfg`.
 
     `resume` is a run folder to continue from its last checkpoint; `run_dir` is an empty folder, made by
-    the caller, to start a new run in (default: a fresh one under output.dir).
+    the caller, to start a new run in (default: a fresh one under output.dir). `evaluator` and
+    `higher_is_better` come from the evaluation stage (`tuneloop.evaluate.runner.training_evaluator` and
+    `.higher_is_better`); without them only loss and token_accuracy are measured during training.
     """
     import torch
     from transformers import PrinterCallback
@@ -404,7 +412,6 @@ def train(
     from transformers.utils import logging as hf_logging
 
     from tuneloop import registry, runs
-    from tuneloop.evaluate.runner import higher_is_better, training_evaluator
     from tuneloop.train.methods import count_parameters, wrap
 
     hf_logging.set_verbosity_error()
@@ -413,6 +420,12 @@ def train(
     if resume is not None:
         _check_same_config(cfg, Path(resume) / RESOLVED_FILENAME)
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    if evaluator is None and (cfg.train.eval_metrics or cfg.train.track_forgetting):
+        raise UserError(
+            "train.eval_metrics and train.track_forgetting are measured by the evaluation stage; "
+            "pass train(evaluator=tuneloop.evaluate.runner.training_evaluator) or run `tuneloop train`"
+        )
+    metric_rises = higher_is_better(cfg.train.metric)
 
     train_examples, manifest = load_split(cfg, "train")
     val_examples, _ = load_split(cfg, "val")
@@ -466,7 +479,7 @@ def train(
     callbacks = [
         MetricsFile(run_dir / runs.METRICS),
         Progress(),
-        BestAndEarlyStop(cfg.train.metric, higher_is_better(cfg.train.metric), cfg.train.early_stopping_patience),
+        BestAndEarlyStop(cfg.train.metric, metric_rises, cfg.train.early_stopping_patience),
         OverfitAlarm(cfg.train.overfit_patience),
         stop,
     ]
@@ -485,8 +498,8 @@ def train(
         keep_last=cfg.train.keep_last,
     )
     trainer.add_callback(FiniteGradients(trainer))
-    if val_items:
-        trainer.generation_metrics = training_evaluator(cfg, val_examples, tokenizer)
+    if val_items and evaluator is not None:
+        trainer.generation_metrics = evaluator(cfg, val_examples, tokenizer)
     trainer.remove_callback(PrinterCallback)  # Progress prints instead
 
     started = time.perf_counter()
