@@ -19,7 +19,8 @@ import sacrebleu
 
 from tuneloop import config, registry
 from tuneloop.errors import UserError
-from tuneloop.evaluate import runner
+from tuneloop.evaluate import compare_runs, runner
+from tuneloop.registry.rows import _row_hash
 
 TEST_SHA = "a" * 64
 
@@ -281,9 +282,9 @@ def test_row_hashes_count_rows_added_removed_and_kept(proj: Path, tmp_path: Path
 
     lines = gzip.decompress(path.read_bytes()).decode().splitlines()
     assert len(lines) == 7 and all(re.fullmatch(r"(train|test)\t[0-9a-f]{16}", line) for line in lines)
-    assert lines[0].split("\t")[1] == registry._row_hash(json.dumps(chat(0)))  # id-free content hash
+    assert lines[0].split("\t")[1] == _row_hash(json.dumps(chat(0)))  # id-free content hash
 
-    data = registry.compare(cfg, "chat-a", "chat-b")["data"]
+    data = compare_runs.compare(cfg, "chat-a", "chat-b")["data"]
     assert data["by"] == "rows" and data["same"] is False
     assert data["splits"]["train"] == {"rows_a": 5, "rows_b": 6, "kept": 4, "added": 2, "removed": 1}
     assert data["splits"]["test"] == {"rows_a": 2, "rows_b": 2, "kept": 2, "added": 0, "removed": 0}
@@ -296,7 +297,7 @@ def test_row_hashes_of_a_subset_run_list_only_the_rows_it_trained_on(proj: Path,
     prepared = write_prepared(tmp_path / "p", {"train": train, "test": [chat(100)]})
     registry.write_row_hashes(small, prepared, {"d.jsonl:1", "d.jsonl:4"})  # train.examples=2
     registry.write_row_hashes(large, prepared, None)  # the whole split
-    data = registry.compare(cfg, "chat-a", "chat-b")["data"]
+    data = compare_runs.compare(cfg, "chat-a", "chat-b")["data"]
     assert data["same"] is False
     assert data["splits"]["train"] == {"rows_a": 2, "rows_b": 6, "kept": 2, "added": 4, "removed": 0}
     assert data["splits"]["test"]["kept"] == 1
@@ -307,7 +308,7 @@ def test_data_diff_falls_back_to_manifest_hashes(proj: Path) -> None:
     make_run(proj, "chat-a")
     other = {"train": {"rows": 90, "sha256": "2" * 64}, "test": {"rows": 20, "sha256": TEST_SHA}}
     make_run(proj, "chat-b", splits=other)
-    data = registry.compare(cfg, "chat-a", "chat-b")["data"]
+    data = compare_runs.compare(cfg, "chat-a", "chat-b")["data"]
     assert data["by"] == "manifest" and data["same"] is False
     assert data["splits"]["train"]["same"] is False and (data["splits"]["train"]["rows_b"]) == 90
     assert data["splits"]["test"]["same"] is True
@@ -325,7 +326,7 @@ def test_config_diff_lists_exactly_the_changed_keys(proj: Path) -> None:
     cfg = load(proj)
     make_run(proj, "chat-a", "train.learning_rate=0.0001")
     make_run(proj, "chat-b", "train.learning_rate=0.001", "method.lora.r=32")
-    diff = {d["key"]: (d["a"], d["b"]) for d in registry.compare(cfg, "chat-a", "chat-b")["config"]}
+    diff = {d["key"]: (d["a"], d["b"]) for d in compare_runs.compare(cfg, "chat-a", "chat-b")["config"]}
     assert diff == {"train.learning_rate": (0.0001, 0.001), "method.lora.r": (16, 32)}
     assert registry.config_diff("a: {b: 1}\n", "a: {b: 1, c: [1, 2]}\n") == [{"key": "a.c", "a": None, "b": [1, 2]}]
 
@@ -335,7 +336,7 @@ def test_paired_comparison_rescores_both_runs_from_their_outputs(proj: Path) -> 
     a, b = make_run(proj, "chat-a"), make_run(proj, "chat-b")
     write_eval(a, set(range(10)))
     write_eval(b, set(range(15)))  # B also gets examples 10-14 right: exact match 0.50 → 0.75
-    result = registry.compare(cfg, "chat-a", "chat-b")["metrics"]
+    result = compare_runs.compare(cfg, "chat-a", "chat-b")["metrics"]
 
     assert result["a"]["exact_match"]["value"] == 0.5 and result["b"]["exact_match"]["delta"] == 0.75
     paired = result["paired"]
@@ -357,19 +358,19 @@ def test_rescore_outputs_uses_stored_scores_for_model_based_metrics(proj: Path) 
     write_eval(b, set(range(10)), stored={"perplexity": [0.5] * 10 + [1.5] * 10})
     write_eval(c, set(range(10)))  # no per-example perplexity kept
 
-    scored = registry.rescore_outputs(cfg, b / "eval/outputs.jsonl", "chat-b", ids=["t0", "t19"])
+    scored = compare_runs.rescore_outputs(cfg, b / "eval/outputs.jsonl", "chat-b", ids=["t0", "t19"])
     assert scored.ids == ["t0", "t19"] and scored.scores["perplexity"].value == pytest.approx(math.exp(1.0))
     assert scored.scores["exact_match"].value == 0.5
 
-    paired = registry.compare(cfg, "chat-a", "chat-b")["metrics"]
+    paired = compare_runs.compare(cfg, "chat-a", "chat-b")["metrics"]
     ppl = paired["paired"]["metrics"]["perplexity"]
     assert ppl["baseline"] == pytest.approx(math.e) and ppl["candidate"] == pytest.approx(math.e)
     assert any(n.startswith("perplexity: compared as exp(mean per-example NLL)") for n in paired["notes"])
-    skipped = registry.compare(cfg, "chat-a", "chat-c")["metrics"]
+    skipped = compare_runs.compare(cfg, "chat-a", "chat-c")["metrics"]
     assert set(skipped["paired"]["metrics"]) == {"exact_match"}
     assert any("perplexity: not compared" in n for n in skipped["notes"])
     with pytest.raises(UserError, match="no answers from 'chat-z'; it has base, chat-b"):
-        registry.rescore_outputs(cfg, b / "eval/outputs.jsonl", "chat-z")
+        compare_runs.rescore_outputs(cfg, b / "eval/outputs.jsonl", "chat-z")
 
 
 def test_no_paired_comparison_across_test_sets_or_without_eval(proj: Path) -> None:
@@ -378,10 +379,10 @@ def test_no_paired_comparison_across_test_sets_or_without_eval(proj: Path) -> No
     make_run(proj, "chat-c")
     write_eval(a, set(range(10)))
     write_eval(b, set(range(15)), test_sha="b" * 64)
-    different = registry.compare(cfg, "chat-a", "chat-b")["metrics"]
+    different = compare_runs.compare(cfg, "chat-a", "chat-b")["metrics"]
     assert different["paired"] is None and different["b"]["exact_match"]["value"] == 0.75
     assert "different test sets" in different["notes"][0]
-    unevaluated = registry.compare(cfg, "chat-a", "chat-c")["metrics"]
+    unevaluated = compare_runs.compare(cfg, "chat-a", "chat-c")["metrics"]
     assert unevaluated["b"] is None and "chat-c has not been evaluated" in unevaluated["notes"][0]
 
 

@@ -82,10 +82,11 @@ def compare(
     as_json: JsonOption = False,
 ) -> None:
     """What changed from run A to run B: config keys, data rows per split, and metrics (B vs A by paired bootstrap)."""
-    from tuneloop import console, registry
+    from tuneloop import console
+    from tuneloop.evaluate.compare_runs import compare
 
     cfg = load_config(config_path, overrides)
-    result = registry.compare(cfg, a, b)
+    result = compare(cfg, a, b)
     if as_json:
         _print_json(result)
         return

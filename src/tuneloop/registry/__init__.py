@@ -1,0 +1,55 @@
+"""The run registry: a SQLite index of the run folders under output.dir, for listing and comparing runs.
+
+The run folders stay the source of truth; `<output.dir>/registry.sqlite` only indexes them, so it
+can be deleted and rebuilt with `sync()` at any time. The one exception is the test-set usage log
+(`record_test_use`): every look at a test set is recorded here and nowhere else.
+
+One module per job, in reading order:
+- store.py: the database (schema, version, connection) and the test-set usage log;
+- folder.py: reading one run folder into a row;
+- index.py: indexing (`record`, `sync`) and queries (`list_runs`, `get_run`);
+- rows.py: row-level data hashes (`write_row_hashes`, `read_row_hashes`);
+- diff.py: what differs between two runs' configs and data (`config_diff`, `data_diff`);
+- mirror.py: the MLflow mirror (`mirror_mlflow`).
+
+Comparing two runs' metrics needs the evaluation stage's metrics, so `compare` itself lives in
+`tuneloop.evaluate.compare_runs`, above the registry.
+"""
+
+from tuneloop.registry.diff import config_diff, data_diff, flatten
+from tuneloop.registry.folder import LOOP_FILE, RUNNING_WINDOW_SECONDS, WATCHED
+from tuneloop.registry.index import get_run, list_runs, record, sync
+from tuneloop.registry.mirror import mirror_mlflow
+from tuneloop.registry.rows import ROWS_FILE, SPLITS, read_row_hashes, write_row_hashes
+from tuneloop.registry.store import (
+    LEGACY_USAGE_LOG,
+    REGISTRY_FILE,
+    SCHEMA_VERSION,
+    record_test_use,
+    registry_path,
+    test_uses,
+)
+
+__all__ = [
+    "LEGACY_USAGE_LOG",
+    "LOOP_FILE",
+    "REGISTRY_FILE",
+    "ROWS_FILE",
+    "RUNNING_WINDOW_SECONDS",
+    "SCHEMA_VERSION",
+    "SPLITS",
+    "WATCHED",
+    "config_diff",
+    "data_diff",
+    "flatten",
+    "get_run",
+    "list_runs",
+    "mirror_mlflow",
+    "read_row_hashes",
+    "record",
+    "record_test_use",
+    "registry_path",
+    "sync",
+    "test_uses",
+    "write_row_hashes",
+]
