@@ -24,6 +24,24 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def left_pad(prompts: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) for prompts of different lengths, padded on the left.
+
+    Left padding puts every prompt's last token in the last column, so all rows generate from
+    the same position; the mask hides the padding from attention.
+    """
+    import torch
+
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        if ids:
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
 def generate_batch(
     model: Any,
     tokenizer: Any,
@@ -65,13 +83,8 @@ def generate_batch(
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                n = len(prompts[i])
-                input_ids[row, width - n :] = torch.tensor(prompts[i])
-                attention[row, width - n :] = 1
+            input_ids, attention = left_pad([prompts[i] for i in chunk], pad)
+            width = input_ids.shape[1]
             with torch.inference_mode():
                 output = model.generate(
                     input_ids=input_ids.to(model.device),

@@ -21,6 +21,7 @@ from tuneloop.cli import plan as plan_cmd
 from tuneloop.cli import quickstart as quickstart_cmd
 from tuneloop.cli import run as run_cmd
 from tuneloop.cli import runs as runs_cmd
+from tuneloop.cli import serve as serve_cmd
 from tuneloop.cli import sweep as sweep_cmd
 from tuneloop.cli import train as train_cmd
 from tuneloop.errors import UserError
@@ -64,6 +65,7 @@ app.command("train")(train_cmd.train)
 app.command("generate")(generate_cmd.generate)
 app.command("eval")(eval_cmd.evaluate)
 app.add_typer(runs_cmd.app, name="runs")
+app.command("serve")(serve_cmd.serve)
 app.command("run")(run_cmd.run)
 app.command("curve")(curve_cmd.curve)
 app.command("sweep")(sweep_cmd.sweep)

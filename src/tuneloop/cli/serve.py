@@ -1,0 +1,143 @@
+"""`tuneloop serve`: an OpenAI-compatible server for a run, an exported or any local model folder."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from tuneloop import config
+from tuneloop.cli.common import ConfigOption, SetOption, load_config
+
+DEFAULT_LOG = Path("serve-log") / "requests.jsonl"
+
+
+def serve(
+    run: Annotated[
+        str | None, typer.Option("--run", help="Serve a run's final model: run id, id prefix, 'latest' or folder.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Serve a model folder (e.g. `tuneloop export` output) or model name."),
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option("--adapter", help="NAME=RUN: also serve a run's adapter under NAME (repeatable)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The name clients ask for (default: the run id or folder name).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="TUNELOOP_API_KEY", help="Require 'Authorization: Bearer KEY' on every route but /health."),
+    ] = None,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(envvar="TUNELOOP_ADMIN_KEY", help="Enable /admin/adapters (load/unload), protected by this key."),
+    ] = None,
+    backend: Annotated[
+        Literal["transformers", "vllm"], typer.Option(help="transformers (this process) or vllm (GPU, scales out).")
+    ] = "transformers",
+    max_batch: Annotated[int, typer.Option(min=1, help="Most rows decoded together; 1 serves one at a time.")] = 16,
+    batch_window_ms: Annotated[float, typer.Option(min=0, help="How long to wait for company for a batch.")] = 10.0,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="Requests served at once; more get 429.")] = 64,
+    max_input_tokens: Annotated[int, typer.Option(min=1, help="Longest prompt accepted, in tokens.")] = 4096,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Largest max_tokens accepted (and the default).")] = 1024,
+    max_n: Annotated[int, typer.Option(min=1, help="Largest n (choices per request) accepted.")] = 8,
+    max_body_kb: Annotated[int, typer.Option(min=1, help="Largest request body, in KiB.")] = 1024,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds one request may take.")] = 300.0,
+    log: Annotated[Path, typer.Option("--log", help="Append each request and answer to this JSONL file.")] = DEFAULT_LOG,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Keep no request log.")] = False,
+    dtype: Annotated[str, typer.Option(help="Weight dtype for --model: auto, float32, bfloat16, float16.")] = "auto",
+    config_path: ConfigOption = Path(config.CONFIG_FILENAME),
+    overrides: SetOption = None,
+) -> None:
+    """Serve a model behind OpenAI's API: /v1/chat/completions (streaming too), /v1/completions, /v1/models."""
+    from tuneloop import console
+    from tuneloop.errors import UserError
+    from tuneloop.serve import adapters as served_models
+
+    if not _loopback(host) and not api_key:
+        raise UserError(
+            f"--host {host} exposes the server beyond this machine; give --api-key KEY (or set TUNELOOP_API_KEY) "
+            "so that only clients with the key can use it"
+        )
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+
+    def resolve_run(ref: str) -> Path:
+        return _run_folder(ref, config_path, overrides)
+
+    named = dict(_adapter_arg(item) for item in adapter or [])
+    plan = served_models.plan(
+        model,
+        served_models.read_run(resolve_run(run)) if run is not None else None,
+        {n: served_models.read_run(resolve_run(ref)) for n, ref in named.items()},
+        name,
+        dtype,
+    )
+    if backend == "vllm":
+        from tuneloop.serve import vllm
+
+        vllm.check_available()
+        console.note(f"handing {plan.base_name} and {len(plan.adapters)} adapters to vLLM")
+        vllm.run(vllm.plan_for(plan), host, port, max_batch, api_key)
+        return
+    import uvicorn
+
+    from tuneloop.serve.app import Limits, create_app
+    from tuneloop.serve.reqlog import RequestLog
+
+    limits = Limits(
+        api_key=api_key, admin_key=admin_key, max_body_bytes=max_body_kb * 1024, max_input_tokens=max_input_tokens,
+        max_tokens=max_tokens, max_n=max_n, max_concurrent=max_concurrent, timeout=timeout, max_batch=max_batch,
+        batch_window=batch_window_ms / 1000,
+    )  # fmt: skip
+    console.note(f"loading {plan.base}" + "".join(f" + {n}" for n in plan.adapters))
+    models = served_models.load(plan)
+    request_log = None if no_log else RequestLog(log)
+    app = create_app(models, limits, request_log, resolve_run)
+    console.note(
+        f"serving {', '.join(models.entries)} on http://{host}:{port}/v1 "
+        f"({'API key required' if api_key else 'no API key'}; admin routes {'on' if admin_key else 'off'}; "
+        f"request log {'off' if request_log is None else request_log.path})"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def _adapter_arg(item: str) -> tuple[str, str]:
+    from tuneloop.errors import UserError
+
+    served, sep, ref = item.partition("=")
+    if not sep or not served or not ref:
+        raise UserError(f"--adapter {item!r}: write NAME=RUN, e.g. --adapter support=latest")
+    return served, ref
+
+
+def _run_folder(ref: str, config_path: Path, overrides: list[str] | None) -> Path:
+    """A run folder from a folder path, or from an id, id prefix or 'latest' in the project's registry."""
+    from tuneloop import registry
+    from tuneloop.errors import UserError
+
+    path = Path(os.path.expanduser(ref))
+    if path.is_dir():
+        return path.resolve()
+    if not config_path.is_file():
+        raise UserError(
+            f"no run folder {ref}; give a run folder, or run from the project folder (with {config_path}) "
+            "to name a run by id or 'latest'"
+        )
+    cfg = load_config(config_path, overrides)
+    return Path(registry.get_run(cfg, ref)["path"])
