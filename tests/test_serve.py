@@ -52,21 +52,27 @@ def runs(tmp_path_factory: pytest.TempPathFactory, lively: Path) -> dict[str, Pa
 def server(tmp_path_factory: pytest.TempPathFactory, lively: Path, runs: dict[str, Path]):
     """base + adapters a and b, with an API key, an admin key and small caps; stopped after the module."""
     log = tmp_path_factory.mktemp("serve-log") / "requests.jsonl"
-    plan = adapters.plan(
-        str(lively), adapters={n: adapters.read_run(runs[n]) for n in ("a", "b")}, name="base"
-    )
+    plan = adapters.plan(str(lively), adapters={n: adapters.read_run(runs[n]) for n in ("a", "b")}, name="base")
     models = adapters.load(plan)
     limits = Limits(
-        api_key=KEY, admin_key=ADMIN, max_body_bytes=20_000, max_input_tokens=200, max_tokens=64, max_n=4,
-        max_batch=8, batch_window=0.02,
-    )  # fmt: skip
+        api_key=KEY,
+        admin_key=ADMIN,
+        max_body_bytes=20_000,
+        max_input_tokens=200,
+        max_tokens=64,
+        max_n=4,
+        max_batch=8,
+        batch_window=0.02,
+    )
     app = create_app(models, limits, RequestLog(log), resolve_run=lambda ref: runs.get(ref, Path(ref)))
     with running(app) as url:
         yield Server(url, log, models, runs)
 
 
 def _greedy(client: openai.OpenAI, model: str, messages=CHAT, max_tokens: int = 12, **kwargs):
-    return client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens, **kwargs)
+    return client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=max_tokens, **kwargs
+    )
 
 
 # --------------------------------------------------------------------------- the openai client
@@ -201,10 +207,17 @@ def test_batched_greedy_equals_each_request_alone(lively: Path) -> None:
     def run(batch: list[list[int]]) -> list[list[int]]:
         done = threading.Event()
         rows = [
-            Row(i, p, Sampling(0.0, 1.0, 10, (), 0), None, TextStream(entry.tokenizer, ()), entry.stop_ids,
-                lambda e: done.set() if all(r.done for r in rows) else None)
+            Row(
+                i,
+                p,
+                Sampling(0.0, 1.0, 10, (), 0),
+                None,
+                TextStream(entry.tokenizer, ()),
+                entry.stop_ids,
+                lambda e: done.set() if all(r.done for r in rows) else None,
+            )
             for i, p in enumerate(batch)
-        ]  # fmt: skip
+        ]
         batcher.submit(rows)
         assert done.wait(60)
         return [r.stream.ids for r in rows]
@@ -294,9 +307,9 @@ def test_bad_input_is_a_4xx_naming_the_field_and_harms_no_one(server: Server) ->
     client = server.client()
     expected = _greedy(client, "a", max_tokens=40).choices[0].message.content
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(lambda: "".join(
-            c.choices[0].delta.content or "" for c in _greedy(client, "a", max_tokens=40, stream=True)
-        ))  # fmt: skip
+        in_flight = pool.submit(
+            lambda: "".join(c.choices[0].delta.content or "" for c in _greedy(client, "a", max_tokens=40, stream=True))
+        )
         for body, status, param in BAD:
             kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
             r = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, **kwargs)
@@ -306,8 +319,11 @@ def test_bad_input_is_a_4xx_naming_the_field_and_harms_no_one(server: Server) ->
             assert error["param"] == param, (body, error)
             if param:
                 assert param.split("[")[0] in error["message"]
-        r = httpx.post(server.url + "/v1/completions", json={"model": "a", "prompt": ""},
-                       headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+        r = httpx.post(
+            server.url + "/v1/completions",
+            json={"model": "a", "prompt": ""},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
         assert in_flight.result(timeout=120) == expected
     with pytest.raises(openai.NotFoundError):
@@ -345,8 +361,12 @@ def test_metrics_count_requests_tokens_and_batches(server: Server) -> None:
     assert 'tuneloop_requests_total{route="/v1/chat/completions",status="200"}' in text
     assert 'tuneloop_request_seconds_bucket{le="0.5",route="/v1/chat/completions"}' in text
     assert 'tuneloop_completion_tokens_total{model="a"}' in text
-    for name in ("tuneloop_prompt_tokens_total", "tuneloop_batch_size_count", "tuneloop_queue_depth",
-                 "tuneloop_in_flight"):  # fmt: skip
+    for name in (
+        "tuneloop_prompt_tokens_total",
+        "tuneloop_batch_size_count",
+        "tuneloop_queue_depth",
+        "tuneloop_in_flight",
+    ):
         assert name in text
 
 

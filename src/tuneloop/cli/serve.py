@@ -27,7 +27,9 @@ def serve(
         list[str] | None,
         typer.Option("--adapter", help="NAME=RUN: also serve a run's adapter under NAME (repeatable)."),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="The name clients ask for (default: the run id or folder name).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The name clients ask for (default: the run id or folder name).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
     api_key: Annotated[
@@ -49,7 +51,9 @@ def serve(
     max_n: Annotated[int, typer.Option(min=1, help="Largest n (choices per request) accepted.")] = 8,
     max_body_kb: Annotated[int, typer.Option(min=1, help="Largest request body, in KiB.")] = 1024,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds one request may take.")] = 300.0,
-    log: Annotated[Path, typer.Option("--log", help="Append each request and answer to this JSONL file.")] = DEFAULT_LOG,
+    log: Annotated[
+        Path, typer.Option("--log", help="Append each request and answer to this JSONL file.")
+    ] = DEFAULT_LOG,
     no_log: Annotated[bool, typer.Option("--no-log", help="Keep no request log.")] = False,
     dtype: Annotated[str, typer.Option(help="Weight dtype for --model: auto, float32, bfloat16, float16.")] = "auto",
     config_path: ConfigOption = Path(config.CONFIG_FILENAME),
@@ -92,10 +96,17 @@ def serve(
     from tuneloop.serve.reqlog import RequestLog
 
     limits = Limits(
-        api_key=api_key, admin_key=admin_key, max_body_bytes=max_body_kb * 1024, max_input_tokens=max_input_tokens,
-        max_tokens=max_tokens, max_n=max_n, max_concurrent=max_concurrent, timeout=timeout, max_batch=max_batch,
+        api_key=api_key,
+        admin_key=admin_key,
+        max_body_bytes=max_body_kb * 1024,
+        max_input_tokens=max_input_tokens,
+        max_tokens=max_tokens,
+        max_n=max_n,
+        max_concurrent=max_concurrent,
+        timeout=timeout,
+        max_batch=max_batch,
         batch_window=batch_window_ms / 1000,
-    )  # fmt: skip
+    )
     console.note(f"loading {plan.base}" + "".join(f" + {n}" for n in plan.adapters))
     models = served_models.load(plan)
     request_log = None if no_log else RequestLog(log)

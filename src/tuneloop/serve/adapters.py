@@ -50,7 +50,9 @@ def read_run(run_dir: Path) -> RunModel:
     run_dir = Path(run_dir).resolve()
     resolved = run_dir / config.RESOLVED_FILENAME
     if not resolved.is_file():
-        raise UserError(f"{run_dir} is not a run folder (no {config.RESOLVED_FILENAME}); give a folder made by training")
+        raise UserError(
+            f"{run_dir} is not a run folder (no {config.RESOLVED_FILENAME}); give a folder made by training"
+        )
     final = run_dir / "final"
     if not final.is_dir():
         raise UserError(
@@ -211,9 +213,14 @@ def plan(
     if run is not None:
         adapters = {name or run.name: run, **adapters}
     return Plan(
-        base_run.base, _display_name(base_run.base), base_run.revision, base_run.dtype,
-        base_run.trust_remote_code, base_run.final, adapters,
-    )  # fmt: skip
+        base_run.base,
+        _display_name(base_run.base),
+        base_run.revision,
+        base_run.dtype,
+        base_run.trust_remote_code,
+        base_run.final,
+        adapters,
+    )
 
 
 def load(p: Plan) -> ModelSet:

@@ -26,8 +26,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, TypeVar
+from typing import Any, TypeVar
 
 from tuneloop.serve.reqlog import FinishReason
 
@@ -200,9 +201,13 @@ def decode(model: Any, rows: list[Row], pad_id: int) -> None:
             positions = positions + 1
             step = torch.tensor(tokens, device=device)[:, None]
             out = model(
-                input_ids=step, attention_mask=attention, position_ids=positions, use_cache=True,
-                **{cache_arg: cache}, **extra,
-            )  # fmt: skip
+                input_ids=step,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_arg: cache},
+                **extra,
+            )
 
 
 def _forward_parameters(model: Any) -> set[str]:
@@ -223,7 +228,7 @@ class Batcher:
 
     def __init__(
         self,
-        use: Callable[[str | None], ContextManager[Any]],
+        use: Callable[[str | None], AbstractContextManager[Any]],
         pad_id: int,
         *,
         max_batch: int = 16,

@@ -17,15 +17,18 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter("tuneloop_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.latency = Histogram(
-            "tuneloop_request_seconds", "Time from request to the end of the response", ["route"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.prompt_tokens = Counter("tuneloop_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
-        self.completion_tokens = Counter(
-            "tuneloop_completion_tokens", "Tokens generated", ["model"], registry=r
+        self.requests = Counter(
+            "tuneloop_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
+        self.latency = Histogram(
+            "tuneloop_request_seconds",
+            "Time from request to the end of the response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("tuneloop_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.completion_tokens = Counter("tuneloop_completion_tokens", "Tokens generated", ["model"], registry=r)
         self.batch_size = Histogram(
             "tuneloop_batch_size", "Rows decoded together in one batch", buckets=BATCH_BUCKETS, registry=r
         )
