@@ -1,0 +1,199 @@
+"""Load-test `tuneloop serve` on loopback: the dynamic batcher against the same server one request at a time.
+
+    .venv/bin/python bench/serve_load.py [--model smollm2-135m-instruct|tiny|FOLDER] [--duration 30]
+                                         [--clients 1,8,32] [--max-tokens 32] [--max-batch 32]
+
+For each mode it starts `tuneloop serve` itself on 127.0.0.1 (a free port, no request log), runs
+1, 8 and 32 concurrent clients for --duration seconds each (every client sends chat completions
+back to back), then stops the server:
+- batched: `--max-batch N` (requests that arrive together are decoded together);
+- one at a time: `--max-batch 1`.
+Prints requests/s, output tokens/s, p50/p95 latency and failed requests per level, and the
+batching ratio (batched tokens/s over one-at-a-time tokens/s) at each client count. Everything is
+bounded: clients stop starting requests at the deadline, every request has a timeout, and the
+server is stopped whatever happens. Traffic only goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+TOPICS = "password invoice refund login account billing plan upgrade cancel email order shipping".split()
+
+
+@dataclass
+class Level:
+    clients: int
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    tokens: int = 0
+    failures: int = 0
+
+    def line(self) -> str:
+        done = len(self.latencies)
+        p50 = statistics.median(self.latencies) if done else float("nan")
+        p95 = _percentile(self.latencies, 95) if done else float("nan")
+        return (
+            f"{self.clients:3d} clients: {done / self.seconds:7.2f} requests/s, {self.tokens / self.seconds:8.1f} "
+            f"output tokens/s, p50 {p50:6.3f} s, p95 {p95:6.3f} s, {done} requests, {self.failures} failed"
+        )
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    errors: IO[str]  # its stderr: a file, not a pipe, which could fill unread and stall the server
+
+    def stderr(self) -> str:
+        self.errors.seek(0)
+        return self.errors.read()[-4000:]
+
+
+def start_server(model: str, port: int, max_batch: int, max_tokens: int) -> Server:
+    argv = [sys.executable, "-m", "tuneloop", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--max-batch", str(max_batch), "--max-concurrent", "512", "--max-tokens", str(max_tokens), "--no-log"]
+    errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop_server)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, text=True, start_new_session=True)
+    return Server(process, errors)
+
+
+def stop_server(server: Server) -> None:
+    process = server.process
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)  # uvicorn shuts down cleanly on SIGINT
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    server.errors.close()
+
+
+async def wait_ready(url: str, server: Server, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise SystemExit(f"the server exited early:\n{server.stderr()}")
+            try:
+                if (await client.get(url + "/health", timeout=2)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.25)
+    raise SystemExit(f"the server did not answer /health within {timeout:.0f} s")
+
+
+async def run_level(url: str, model: str, clients: int, duration: float, max_tokens: int) -> Level:
+    """`clients` concurrent clients, each sending requests back to back until the deadline."""
+    import httpx
+
+    level = Level(clients)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as http:
+
+        async def client(i: int) -> None:
+            rng = random.Random(i)
+            while time.monotonic() < deadline:
+                words = " ".join(rng.choice(TOPICS) for _ in range(rng.randint(4, 20)))
+                body = {
+                    "model": model,
+                    "messages": [{"role": "user", "content": f"Ticket {i}: {words}. What should I do?"}],
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                }
+                start = time.monotonic()
+                try:
+                    r = await http.post("/v1/chat/completions", json=body)
+                    r.raise_for_status()
+                    level.tokens += r.json()["usage"]["completion_tokens"]
+                    level.latencies.append(time.monotonic() - start)
+                except (httpx.HTTPError, KeyError, ValueError):
+                    level.failures += 1
+
+        started = time.monotonic()
+        deadline = started + duration
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        level.seconds = time.monotonic() - started  # includes finishing the requests in flight at the deadline
+    return level
+
+
+async def bench_mode(model: str, max_batch: int, levels: list[int], duration: float, max_tokens: int) -> list[Level]:
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(model, port, max_batch, max_tokens)
+    try:
+        await wait_ready(url, server)
+        async with httpx.AsyncClient() as http:
+            served = (await http.get(url + "/v1/models")).json()["data"][0]["id"]
+        await run_level(url, served, 1, min(duration, 3), max_tokens)  # warm-up, not reported
+        return [await run_level(url, served, n, duration, max_tokens) for n in levels]
+    finally:
+        stop_server(server)
+
+
+def tiny_model(folder: Path) -> str:
+    from tuneloop.tiny import make_tiny_llama
+
+    return str(make_tiny_llama(folder))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="a model name or folder, or 'tiny'")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per client count")
+    parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
+    parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
+    parser.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch")
+    args = parser.parse_args()
+    levels = [int(n) for n in args.clients.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = tiny_model(Path(tmp) / "tiny") if args.model == "tiny" else args.model
+        print(f"model {args.model}, {args.duration:g} s per level, max_tokens {args.max_tokens}, loopback only")
+        results = {}
+        for label, max_batch in ((f"batched (--max-batch {args.max_batch})", args.max_batch), ("one at a time", 1)):
+            results[label] = asyncio.run(bench_mode(model, max_batch, levels, args.duration, args.max_tokens))
+            print(label)
+            for level in results[label]:
+                print("  " + level.line())
+    batched, single = results.values()
+    for b, s in zip(batched, single, strict=True):
+        ratio = b.tokens_per_second / s.tokens_per_second if s.tokens_per_second else float("nan")
+        print(f"batching ratio at {b.clients} clients: {ratio:.2f}x the output tokens/s of one at a time")
+
+
+if __name__ == "__main__":
+    main()
