@@ -207,3 +207,28 @@ def test_vllm_backend_without_vllm_or_a_gpu_is_a_clear_error(cli, lively: Path, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = cli("serve", "--model", str(lively), "--backend", "vllm")
     assert result.code == 1 and "NVIDIA GPU" in result.err
+
+
+def test_cli_serves_a_run_by_id_with_its_key_log_and_caps(cli, tmp_path: Path, lively: Path, monkeypatch) -> None:
+    """`tuneloop serve --run ID` wires the registry, the plan, the caps, the key and the log into the app."""
+    import uvicorn
+
+    run = make_adapter_run(tmp_path, lively, 1)
+    project = run.parent.parent
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
+    monkeypatch.chdir(project)
+    log = tmp_path / "log" / "requests.jsonl"
+    result = cli("serve", "--run", run.name[:12], "--api-key", "k", "--max-n", "2", "--port", "8123", "--log", str(log))
+    assert result.code == 0, result.err
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
+    with running(started["app"]) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=60)
+        assert {m.id for m in client.models.list()} == {run.name, lively.name}
+        reply = client.chat.completions.create(model=run.name, messages=CHAT, max_tokens=3)
+        with pytest.raises(openai.BadRequestError, match="at most 2"):
+            client.chat.completions.create(model=run.name, messages=CHAT, max_tokens=3, n=3)
+        assert httpx.get(url + "/v1/models").status_code == 401
+    assert json.loads(log.read_text().splitlines()[0])["id"] == reply.id
+    latest = cli("serve", "--run", "latest", "--no-log")
+    assert latest.code == 0 and run.name in started["app"].state.served.models.entries
