@@ -105,8 +105,12 @@ def test_text_stream_never_shows_a_stop_string_or_its_start() -> None:
             break
     assert stopped and released + stream.flush() == "Go to Settings, "
 
+    # Characters split across byte-level tokens come out whole, never as U+FFFD halves.
+    ids = tokenizer("Refunds 😀 for the café, ünïcode résumé.").input_ids
     plain = TextStream(tokenizer, [])
-    assert "".join(plain.add(t)[0] for t in ids) + plain.flush() == tokenizer.decode(ids)
+    pieces = [plain.add(t)[0] for t in ids]
+    assert "".join(pieces) + plain.flush() == tokenizer.decode(ids) == "Refunds 😀 for the café, ünïcode résumé."
+    assert not any("\ufffd" in piece for piece in pieces)
 
 
 def test_a_row_ends_on_its_end_of_turn_token_and_at_max_tokens() -> None:

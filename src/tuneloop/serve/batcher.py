@@ -61,9 +61,10 @@ class Event:
 class TextStream:
     """Detokenizes a growing list of ids and releases text that can no longer be part of a stop string.
 
-    The whole sequence is decoded each time (so multi-byte characters split across tokens come out
-    whole), text is held back while it could be the start of a stop string, and a stop string cuts
-    the output before it: OpenAI clients never see the stop text.
+    Each token is decoded in a short window of the tokens before it (the incremental detokenizing
+    of TGI and vLLM), so a step costs the same at token 1,000 as at token 1, and a character split
+    across tokens comes out whole. Text is held back while it could be the start of a stop string,
+    and a stop string cuts the output before it: OpenAI clients never see the stop text.
     """
 
     def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
@@ -73,14 +74,16 @@ class TextStream:
         self.text = ""  # everything decoded so far (cut at a stop string once one is found)
         self.sent = 0  # characters already released
         self.stopped = False  # a stop string was found; the text ends before it
+        self._window = 0  # decoding starts here, a few tokens back, so spacing and merges come out right
+        self._read = 0  # tokens up to here are in self.text
 
     def add(self, token: int) -> tuple[str, bool]:
         """Append a token; return (text to release now, whether a stop string was reached)."""
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return "", False  # a character split across tokens: wait for the rest of it
-        self.text = text
+        if self.stopped:
+            return "", True
+        self.text += self._decoded()
+        text = self.text
         cut = min((i for i in (text.find(s, max(0, self.sent - len(s))) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.text, self.stopped = text[:cut], True
@@ -90,8 +93,18 @@ class TextStream:
     def flush(self) -> str:
         """The rest of the text, at the end of the row (a character left incomplete comes out as U+FFFD)."""
         if not self.stopped:
-            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            self.text += self._decoded(final=True)
         return self._release(len(self.text))
+
+    def _decoded(self, final: bool = False) -> str:
+        """The text the tokens since the last call add; empty while the last character is incomplete."""
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._window : self._read], skip_special_tokens=True)
+        after = decode(self.ids[self._window :], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self._window, self._read = self._read, len(self.ids)
+            return after[len(before) :]
+        return ""
 
     def _held(self, text: str) -> int:
         """Length of the longest tail of the unreleased text that starts some stop string."""
