@@ -69,8 +69,8 @@ def adapter_weights(folder: Path) -> dict:
     return load_file(str(folder / name))
 
 
-def sigterm_at_training_step(step: int, real_loss):
-    """A stand-in for sft.token_loss that sends this process SIGTERM during training step `step`."""
+def sigterm_at_training_step(step: int, real_loss, sig: int | None = None):
+    """A stand-in for sft.token_loss that sends this process SIGTERM (or `sig`) during training step `step`."""
     import signal
 
     calls = {"n": 0}
@@ -78,7 +78,7 @@ def sigterm_at_training_step(step: int, real_loss):
     def loss(model, batch):
         calls["n"] += model.training
         if calls["n"] == step and model.training:
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM if sig is None else sig)
         return real_loss(model, batch)
 
     return loss

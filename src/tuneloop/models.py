@@ -100,6 +100,25 @@ def resolve(name: str, revision: str | None = None) -> Path:
     )
 
 
+def refuse_pickled_weights(folder: Path, what: str) -> None:
+    """Refuse a saved run or checkpoint whose weights are pickled (`*.bin`, `*.pt`) instead of safetensors.
+
+    PEFT and Transformers would load `adapter_model.bin` / `pytorch_model.bin` when no safetensors file
+    is there; tuneloop never writes those, so one appearing means the folder came from elsewhere.
+    """
+    pickled = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name.startswith(("adapter_model", "pytorch_model", "model")) and p.suffix in (".bin", ".pt", ".pth")
+    )
+    if pickled:
+        raise UserError(
+            f"{what} {folder} holds pickled weights ({', '.join(pickled[:3])}); tuneloop loads safetensors only, "
+            "because unpickling can run code. Re-save them as safetensors (save_pretrained(..., "
+            "safe_serialization=True)) and delete the pickled files"
+        )
+
+
 def _check_folder(path: Path) -> Path:
     if not path.is_dir():
         raise UserError(f"model path {path} is a file; point model.name at the folder that holds config.json")

@@ -130,19 +130,22 @@ def plot_losses(run_dir: Path) -> Path | None:
 
 def load_final(cfg: ProjectConfig, run_dir: Path) -> tuple[Any, Any]:
     """(model, tokenizer) of a run's final/ folder: the base model plus its adapter, or the full model."""
-    from tuneloop.models import load_causal_lm
+    from tuneloop.models import load_causal_lm, refuse_pickled_weights
 
     final = run_dir / "final"
     if not final.is_dir():
         raise UserError(
             f"{run_dir} has no final/ model (the run did not finish); resume it with `tuneloop train --resume`"
         )
+    refuse_pickled_weights(final, "the run's final model")
     if not (final / "adapter_config.json").is_file():
         return load_causal_lm(str(final), cfg.model.dtype, cfg.model.trust_remote_code)
     from peft import PeftModel
 
     from tuneloop.models import load_tokenizer
 
+    if not (final / "adapter_model.safetensors").is_file():
+        raise UserError(f"{final} has adapter_config.json but no adapter_model.safetensors; the run is incomplete")
     base, _ = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.revision)
     model = PeftModel.from_pretrained(base, str(final))
     model.eval()

@@ -48,4 +48,9 @@ def train(
         lines.append(f"final     {result.final_dir}")
     console.out.print("\n".join(lines), markup=False)
     if result.status == "stopped":
-        raise typer.Exit(0)
+        # Stopped is not success: a scheduler must see it, with the shell's code for the signal.
+        raise typer.Exit(EXIT_CODES.get(s.get("signal") or "", 1))
+
+
+# 128 + the signal number, as a shell reports a process ended by it (and as `tuneloop run` exits).
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}

@@ -1,5 +1,5 @@
 """Trainer callbacks that watch the run: metrics file, progress, best checkpoint and early stopping,
-overfitting alarm, non-finite gradients, and a clean stop on SIGTERM / Ctrl-C.
+overfitting alarm, and a clean stop on SIGTERM / Ctrl-C (the non-finite guard is in guards.py).
 
 Everything they remember is derived from the TrainerState (saved in each checkpoint), so a
 resumed run behaves as if it had never stopped.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -18,15 +19,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tuneloop import console
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or a gradient became NaN or inf; the step is not applied and nothing is saved."""
-
-    def __init__(self, what: str, step: int, example_ids: list[str]) -> None:
-        self.what, self.step, self.example_ids = what, step, example_ids
-        shown = ", ".join(example_ids[:8]) + (f" and {len(example_ids) - 8} more" if len(example_ids) > 8 else "")
-        super().__init__(f"{what} at step {step} (examples in this step: {shown})")
+from tuneloop.train.guards import NonFiniteError, agreed_max
 
 
 class MetricsFile(TrainerCallback):
@@ -34,6 +27,23 @@ class MetricsFile(TrainerCallback):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def rewind(self, step: int) -> int:
+        """Drop rows logged after `step` (a resume replays them); return how many were dropped.
+
+        A crash after a checkpoint leaves rows for steps the resumed run will log again; keeping both
+        would draw two curves on top of each other. Rewritten atomically, so a crash here loses nothing.
+        """
+        if not self.path.is_file():
+            return 0
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) == len(lines):
+            return 0
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+        return len(lines) - len(kept)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -111,8 +121,12 @@ class BestAndEarlyStop(TrainerCallback):
             control.should_evaluate = True  # the last step is always measured, whatever eval_every says
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        for key, v in (metrics or {}).items():
+            if isinstance(v, float) and not math.isfinite(v):
+                # Every process computed the same reduced metrics, so they all stop here together.
+                raise NonFiniteError(f"the validation metric {key} is {v}", state.global_step, [])
         value = (metrics or {}).get(self.key)
-        if value is None or not math.isfinite(value) or state.global_step == 0:
+        if value is None or state.global_step == 0:
             return  # step 0 is the untrained base model: a reference point, not a checkpoint
         best = state.best_metric
         if best is None or (value > best if self.greater else value < best):
@@ -167,33 +181,31 @@ def _eval_points(history: list[dict[str, Any]]) -> list[tuple[int, float, float]
     return points
 
 
-class FiniteGradients(TrainerCallback):
-    """Stop before the optimizer applies a NaN/inf gradient; nothing is saved for that step."""
-
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        import torch
-
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
-            raise NonFiniteError("a gradient became NaN or inf", state.global_step + 1, self.trainer.step_example_ids)
-
-
 class GracefulStop(TrainerCallback):
-    """SIGTERM or the first Ctrl-C: finish the current step, save a checkpoint, and stop cleanly."""
+    """SIGTERM or the first Ctrl-C: finish the current step, save a checkpoint, and stop cleanly.
+
+    Under torchrun the signal may reach the processes during different steps (or reach only one), so
+    the decision is agreed at every step end: every process stops after the same step and saves it.
+    `signal` is the signal's name (SIGTERM wins over SIGINT when both arrived); the CLI turns it into
+    exit code 143 or 130.
+    """
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.accelerator: Any = None  # set once the Trainer exists; None means a single process
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            console.warn(
+                "training runs off the main thread, where Python cannot install signal handlers: SIGTERM and "
+                "Ctrl-C will not save a checkpoint first (the last periodic checkpoint is what resume will use)"
+            )
+            return
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                return
+            self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -207,6 +219,9 @@ class GracefulStop(TrainerCallback):
         console.note(f"{self.signal} received: saving a checkpoint after this step, then stopping")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signal is not None:
+        mine = int(signal.Signals[self.signal]) if self.signal is not None else 0
+        agreed = agreed_max(self.accelerator, mine)
+        if agreed:
+            self.signal = self.signal or signal.Signals(agreed).name
             control.should_save = True
             control.should_training_stop = True

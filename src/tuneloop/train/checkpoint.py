@@ -8,6 +8,7 @@ complete checkpoint is always usable.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -122,3 +123,36 @@ def check_disk(folder: Path, needed_bytes: int) -> None:
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for an out-of-space or over-quota error (also when a library wrapped it)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_message(checkpoints: Path, what: str, needed_bytes: int) -> str:
+    """After an out-of-space error: drop the partial write, then say how much to free and what is still usable."""
+    shutil.rmtree(checkpoints / STAGING, ignore_errors=True)  # the partial files hold space the user needs
+    last = latest(checkpoints)
+    if last is not None:
+        needed_bytes = max(needed_bytes, tree_bytes(last))  # a real checkpoint beats the estimate
+    free = shutil.disk_usage(checkpoints).free
+    short = max(needed_bytes - free, 0) + needed_bytes // 10  # a 10% margin: the next save is not smaller
+    kept = (
+        f"The previous checkpoint {last} is complete and untouched: `tuneloop train --resume` continues from it"
+        if last is not None
+        else "No earlier checkpoint exists, so the run must start again"
+    )
+    return (
+        f"the disk filled up while writing {what} in {checkpoints} ({_gb(free)} free; a checkpoint needs about "
+        f"{_gb(needed_bytes)}). Free at least {_gb(short)} on that disk (old runs under output.dir, other "
+        f"checkpoints), lower train.keep_last, or set output.dir to a larger disk. {kept}"
+    )
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -31,15 +32,8 @@ from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.batching import IGNORE, Collator, choose_layout
-from tuneloop.train.callbacks import (
-    BestAndEarlyStop,
-    FiniteGradients,
-    GracefulStop,
-    MetricsFile,
-    NonFiniteError,
-    OverfitAlarm,
-    Progress,
-)
+from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, OverfitAlarm, Progress
+from tuneloop.train.guards import NonFiniteError, StepGuard
 
 # Config sections that shape the trained weights; a resume must match them (task and eval may differ).
 TRAINING_SECTIONS = ("model", "data", "method", "train")
@@ -93,12 +87,21 @@ def check_template(manifest: dict, tokenizer: Any) -> None:
     """Refuse to train on data measured with another chat template: lengths and masks would be wrong."""
     import hashlib
 
-    recorded = manifest.get("chat_template_sha256")
+    if "chat_template_sha256" not in manifest:
+        raise UserError(
+            "the prepared data's manifest records no chat template hash, so it cannot be checked against this "
+            "model's template (it was prepared by an older tuneloop); re-run `tuneloop data prepare`"
+        )
+    recorded = manifest["chat_template_sha256"]  # None: prepared with a tokenizer that had no template
     template = getattr(tokenizer, "chat_template", None)
-    if recorded and template and hashlib.sha256(template.encode()).hexdigest() != recorded:
+    current = hashlib.sha256(template.encode()).hexdigest() if template else None
+    if current != recorded:
         raise UserError(
             "the prepared data was measured with a different chat template than this model's "
-            f"(model {manifest.get('model')!r} at prepare time); re-run `tuneloop data prepare` for this model"
+            f"(model {manifest.get('model')!r} at prepare time"
+            + ("" if recorded else ", without a template")
+            + ("" if current else "; this model has none")
+            + "); re-run `tuneloop data prepare` for this model"
         )
 
 
@@ -266,19 +269,25 @@ def make_trainer_class() -> type:
             self.tokens = {"trained": 0, "real": 0, "computed": 0}
             self._ids_step = -1
             self.generation_metrics = None  # set by train(): metrics on generated validation answers
+            self.guard = StepGuard(self)
+            self.add_callback(self.guard)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self._ids_step != self.state.global_step:
                 self.step_example_ids, self._ids_step = [], self.state.global_step
             self.step_example_ids += inputs["example_ids"]
+            if num_items_in_batch is None:
+                # Without the step's token count, a per-micro-batch mean summed over grad_accum micro-batches
+                # is not the step's mean: refuse rather than train on a silently different loss.
+                raise RuntimeError(
+                    "Trainer did not pass num_items_in_batch to compute_loss; the loss cannot be normalised over "
+                    "the whole accumulated step. This Transformers version is not supported: use constraints.txt"
+                )
             loss_sum, count, _ = token_loss(model, inputs)
-            denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
-            loss = loss_sum / denominator
-            if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 loss = loss * self.args.world_size  # DDP averages gradients; the token count is already global
-            if not torch.isfinite(loss):
-                step = self.state.global_step + 1
-                raise NonFiniteError(f"the loss became {loss.item()}", step, self.step_example_ids)
+            self.guard.check_loss(loss, self.state.global_step + 1, self.step_example_ids)
             if model.training:
                 self.tokens["trained"] += int(count)
                 self.tokens["real"] += int(inputs["tokens"])
@@ -470,14 +479,18 @@ def train(
         runs.record_environment(run_dir, cfg.root)
         registry.record(cfg, run_dir)
     checkpoints = run_dir / "checkpoints"
+    needed = _checkpoint_bytes(model, params.trainable, cfg.method.name)
+    metrics_file = MetricsFile(run_dir / runs.METRICS)
     if rank0:
         checkpoint.remove_incomplete(checkpoints)
-        checkpoint.check_disk(checkpoints, _checkpoint_bytes(model, params.trainable, cfg.method.name))
+        checkpoint.check_disk(checkpoints, needed)
+        if resume_from is not None and (dropped := metrics_file.rewind(checkpoint.step_of(resume_from))):
+            console.note(f"dropped {dropped} metrics rows logged after {resume_from.name}: they are trained again")
 
     args = training_arguments(cfg, run_dir, precision, layout.layout, bool(val_items), resume_from is not None)
     stop = GracefulStop()
     callbacks = [
-        MetricsFile(run_dir / runs.METRICS),
+        metrics_file,
         Progress(),
         BestAndEarlyStop(cfg.train.metric, metric_rises, cfg.train.early_stopping_patience),
         OverfitAlarm(cfg.train.overfit_patience),
@@ -497,7 +510,7 @@ def train(
         callbacks=callbacks,
         keep_last=cfg.train.keep_last,
     )
-    trainer.add_callback(FiniteGradients(trainer))
+    stop.accelerator = trainer.accelerator
     if val_items and evaluator is not None:
         trainer.generation_metrics = evaluator(cfg, val_examples, tokenizer)
     trainer.remove_callback(PrinterCallback)  # Progress prints instead
@@ -507,13 +520,11 @@ def train(
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except NonFiniteError as e:
-        last = checkpoint.latest(checkpoints)
-        raise UserError(
-            f"training stopped: {e}. The step was not applied and no checkpoint was written for it"
-            + (f"; the last good checkpoint is {last}" if last else "")
-            + ". Lower train.learning_rate, keep train.max_grad_norm, or inspect those examples "
-            "with `tuneloop data inspect --id ID`"
-        ) from None
+        raise UserError(non_finite_message(e, checkpoint.latest(checkpoints))) from None
+    except OSError as e:
+        if not checkpoint.is_disk_full(e):
+            raise
+        raise UserError(checkpoint.disk_full_message(checkpoints, "a checkpoint", needed)) from None
     finally:
         stop.uninstall()
     elapsed = time.perf_counter() - started
@@ -522,7 +533,13 @@ def train(
     stopped = stop.signal is not None
     early = not stopped and state.global_step < state.max_steps
     status = "stopped" if stopped else ("early_stopped" if early else "completed")
-    final_dir = None if stopped else _save_final(trainer, tokenizer, run_dir, state)
+    try:
+        final_dir = None if stopped else _save_final(trainer, tokenizer, run_dir, state)
+    except OSError as e:
+        if not checkpoint.is_disk_full(e):
+            raise
+        shutil.rmtree(run_dir / "final.tmp", ignore_errors=True)
+        raise UserError(checkpoint.disk_full_message(checkpoints, "final/", needed)) from None
     kinds = ("trained", "real", "computed")
     counted = torch.tensor([trainer.tokens[k] for k in kinds], dtype=torch.float64)
     tokens = dict(zip(kinds, trainer.accelerator.reduce(counted, "sum").int().tolist(), strict=True))
@@ -546,6 +563,7 @@ def train(
             "padding_fraction": round(1 - tokens["real"] / max(tokens["computed"], 1), 4),
         },
         "final": str(final_dir.relative_to(run_dir)) if final_dir else None,
+        "signal": stop.signal if stopped else None,
     }
     if rank0:
         runs.write_summary(run_dir, summary)
@@ -556,9 +574,29 @@ def train(
     return TrainResult(run_dir, status, state.global_step, final_dir, summary)
 
 
+def non_finite_message(e: NonFiniteError, last: Path | None) -> str:
+    """What stopped the run, what state it left, and what to try."""
+    advice = (
+        "Lower train.learning_rate, keep train.max_grad_norm, or inspect those examples "
+        "with `tuneloop data inspect --id ID`"
+    )
+    if e.applied:
+        state = "DeepSpeed had already applied the step, so no checkpoint was written after it"
+    elif e.what.startswith("the validation metric"):
+        state = "No checkpoint was written for this evaluation"
+        advice = (
+            "The weights have diverged (or overflow in this precision): lower train.learning_rate, or use fp32/bf16"
+        )
+    else:
+        state = "The step was not applied and no checkpoint was written for it"
+    last_good = f"; the last good checkpoint is {last} (`tuneloop train --resume` continues from it)" if last else ""
+    return f"training stopped: {e}. {state}{last_good}. {advice}"
+
+
 def _run_dir(cfg: ProjectConfig, resume: Path | None) -> tuple[Path, Path | None]:
     """(run folder, checkpoint to resume from or None)."""
     from tuneloop import runs
+    from tuneloop.models import refuse_pickled_weights
 
     if resume is None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -568,6 +606,7 @@ def _run_dir(cfg: ProjectConfig, resume: Path | None) -> tuple[Path, Path | None
     last = checkpoint.latest(run_dir / "checkpoints")
     if last is None:
         raise UserError(f"{run_dir} has no complete checkpoint to resume from; start a new run instead")
+    refuse_pickled_weights(last, "the checkpoint to resume")
     console.note(f"resuming {run_dir.name} from {last.name}")
     return run_dir, last
 
@@ -618,8 +657,6 @@ def _save_final(trainer: Any, tokenizer: Any, run_dir: Path, state: Any) -> Path
 
     Called on every rank: under FSDP or DeepSpeed, saving gathers shards from all of them.
     """
-    import shutil
-
     best = state.best_global_step
     if best and best != state.global_step and state.best_model_checkpoint:
         console.note(f"final weights come from the best checkpoint (step {best}, {state.best_metric:.4f})")
