@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,35 +205,45 @@ def test_resume_after_kill_9(project: Path):
 
 def test_nan_loss_stops_with_step_and_examples_and_no_checkpoint(project: Path, monkeypatch: pytest.MonkeyPatch):
     real = sft.token_loss
-    calls = {"n": 0}
+    calls, seen = {"n": 0}, {}
 
     def poisoned(model, batch):
         loss_sum, count, correct = real(model, batch)
         calls["n"] += model.training
-        if calls["n"] == 6 and model.training:
+        if model.training:
+            seen[calls["n"]] = list(batch["example_ids"])
+        if calls["n"] == 12 and model.training:  # the second micro-batch of step 6
             loss_sum = loss_sum * float("nan")
         return loss_sum, count, correct
 
     monkeypatch.setattr(sft, "token_loss", poisoned)
     with pytest.raises(UserError, match=r"loss became nan at step 6 \(examples in this step: ") as caught:
-        sft.train(load(project))
+        sft.train(load(project, "train.batch_size=2", "train.grad_accum=2"))
     assert "checkpoint-5" in str(caught.value)
+    named = re.search(r"examples in this step: ([^)]*)\)", str(caught.value)).group(1).split(", ")
+    assert named == seen[11] + seen[12]  # both micro-batches of the step, and only them
     run = max((project.parent / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
     assert [p.name for p in checkpoint.complete(run / "checkpoints")] == ["checkpoint-5"]
 
 
 def test_nan_gradient_stops_before_the_optimizer_step(project: Path, monkeypatch: pytest.MonkeyPatch):
     real = sft.token_loss
+    calls, seen = {"n": 0}, {}
 
     def nan_grad(model, batch):
         loss_sum, count, correct = real(model, batch)
+        calls["n"] += model.training
         if model.training:
+            seen[calls["n"]] = list(batch["example_ids"])
+        if model.training and calls["n"] == 3:
             loss_sum.register_hook(lambda grad: grad * float("nan"))  # finite loss, NaN gradients
         return loss_sum, count, correct
 
     monkeypatch.setattr(sft, "token_loss", nan_grad)
-    with pytest.raises(UserError, match="became NaN or inf at step 1"):
-        sft.train(load(project))
+    with pytest.raises(UserError, match="became NaN or inf at step 2") as caught:
+        sft.train(load(project, "train.batch_size=2", "train.grad_accum=2"))
+    named = re.search(r"examples in this step: ([^)]*)\)", str(caught.value)).group(1).split(", ")
+    assert named == seen[3] + seen[4]
 
 
 def test_crash_during_save_leaves_the_previous_checkpoint_usable(project: Path, monkeypatch: pytest.MonkeyPatch):

@@ -14,7 +14,7 @@ import torch
 from tests.conftest import REPO
 from tests.train_helpers import adapter_weights, losses, make_train_project
 from tuneloop import config
-from tuneloop.train import sft
+from tuneloop.train import checkpoint, sft
 
 CPU_CONFIG = REPO / "examples" / "accelerate" / "cpu_2proc.yaml"
 LAUNCHERS = {
@@ -59,3 +59,60 @@ def test_shipped_accelerate_configs_load(name: str):
 
     loaded = load_config_from_file(str(REPO / "examples" / "accelerate" / f"{name}.yaml"))
     assert loaded.num_processes >= 2
+
+
+# Each rank trains; only rank 1 gets the signal or the NaN, during training step 3. Each rank writes what it saw.
+ONE_RANK_SCRIPT = """
+import json, os, signal, sys
+from tuneloop import config
+from tuneloop.errors import UserError
+from tuneloop.train import checkpoint, sft
+from tests.train_helpers import sigterm_at_training_step
+
+mode, path, out = sys.argv[1:]
+rank = int(os.environ["RANK"])
+real = sft.token_loss
+calls = {"n": 0}
+def nan_on_rank_1(model, batch):
+    loss_sum, count, correct = real(model, batch)
+    calls["n"] += model.training
+    if rank == 1 and model.training and calls["n"] == 3:
+        loss_sum = loss_sum * float("nan")
+    return loss_sum, count, correct
+if mode == "sigterm" and rank == 1:
+    sft.token_loss = sigterm_at_training_step(3, real)
+if mode == "nan":
+    sft.token_loss = nan_on_rank_1
+try:
+    result = sft.train(config.load(path, ["train.batch_size=2"]))
+    seen = {"status": result.status, "steps": result.steps, "signal": result.summary["signal"]}
+except UserError as e:
+    seen = {"error": str(e)}
+with open(f"{out}.{rank}", "w") as f:
+    json.dump(seen, f)
+"""
+
+
+@pytest.mark.parametrize("mode", ["sigterm", "nan"])
+def test_a_stop_seen_by_one_rank_is_agreed_by_all(tmp_path: Path, tiny_llama: Path, mode: str):
+    path = make_train_project(tmp_path, tiny_llama, max_steps=6, batch_size=4, eval_every=10, save_every=10)
+    script = tmp_path / "one_rank.py"
+    script.write_text(ONE_RANK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": _pythonpath()}
+    command = [sys.executable, *LAUNCHERS["torchrun"], str(script), mode, str(path), str(tmp_path / "seen")]
+    # Without agreement the other rank walks into the next step's collective and waits there for ever.
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen.{rank}").read_text()) for rank in (0, 1)]
+    if mode == "sigterm":
+        assert seen[0] == seen[1] == {"status": "stopped", "steps": 3, "signal": "SIGTERM"}
+        (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+        assert checkpoint.latest(run / "checkpoints").name == "checkpoint-3"
+    else:
+        for rank in (0, 1):
+            assert "the loss became nan on process 1 at step 3" in seen[rank]["error"]
+
+
+def _pythonpath() -> str:
+    # The repository root (for tests.train_helpers) without changing which tuneloop the caller runs.
+    return os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", ""), str(REPO / "src")] if p)
