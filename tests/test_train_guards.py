@@ -103,7 +103,7 @@ def test_fp16_stops_after_repeated_non_finite_losses(project: Path, monkeypatch:
 
 def test_deepspeed_guard_reads_the_engines_norm(capsys: pytest.CaptureFixture):
     """DeepSpeed leaves no p.grad: the guard says so and checks the engine's global norm after each step."""
-    from tuneloop.train.guards import NonFiniteError, StepGuard
+    from tuneloop.train.guards import NonFiniteError, StepGuard, non_finite_message
 
     class Engine:  # the accelerate DeepSpeedEngineWrapper method the guard reads
         norm: float | None = 1.0
@@ -131,7 +131,7 @@ def test_deepspeed_guard_reads_the_engines_norm(capsys: pytest.CaptureFixture):
     with pytest.raises(NonFiniteError) as caught:
         guard.on_step_end(None, state, control)
     assert caught.value.applied and caught.value.step == 3 and caught.value.example_ids == ["a:1"]
-    message = sft.non_finite_message(caught.value, None)
+    message = non_finite_message(caught.value, None)
     assert "DeepSpeed applied a step whose gradient norm was nan at step 3" in message
     assert "had already applied the step" in message
 

@@ -20,6 +20,7 @@ so one process never stops while the others wait in a collective.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 from transformers import TrainerCallback
@@ -159,6 +160,25 @@ class StepGuard(TrainerCallback):
         bad = [(rank, w, ids) for rank, (w, ids) in enumerate(reports) if w is not None]
         what0 = bad[0][1] if len(reports) == 1 else f"{bad[0][1]} on process {bad[0][0]}"
         raise NonFiniteError(what0, step, [i for _, _, ids in bad for i in ids])
+
+
+def non_finite_message(e: NonFiniteError, last: Path | None) -> str:
+    """What stopped the run, what state it left, and what to try."""
+    advice = (
+        "Lower train.learning_rate, keep train.max_grad_norm, or inspect those examples "
+        "with `tuneloop data inspect --id ID`"
+    )
+    if e.applied:
+        state = "DeepSpeed had already applied the step, so no checkpoint was written after it"
+    elif e.what.startswith("the validation metric"):
+        state = "No checkpoint was written for this evaluation"
+        advice = (
+            "The weights have diverged (or overflow in this precision): lower train.learning_rate, or use fp32/bf16"
+        )
+    else:
+        state = "The step was not applied and no checkpoint was written for it"
+    last_good = f"; the last good checkpoint is {last} (`tuneloop train --resume` continues from it)" if last else ""
+    return f"training stopped: {e}. {state}{last_good}. {advice}"
 
 
 def _scale(accelerator: Any) -> float | None:

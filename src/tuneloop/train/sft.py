@@ -33,7 +33,7 @@ from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.batching import IGNORE, Collator, choose_layout
 from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, OverfitAlarm, Progress
-from tuneloop.train.guards import NonFiniteError, StepGuard
+from tuneloop.train.guards import NonFiniteError, StepGuard, non_finite_message
 
 # Config sections that shape the trained weights; a resume must match them (task and eval may differ).
 TRAINING_SECTIONS = ("model", "data", "method", "train")
@@ -572,25 +572,6 @@ def train(
         if stopped:
             console.note(f"stopped by {stop.signal} at step {state.global_step}; continue: `tuneloop train --resume`")
     return TrainResult(run_dir, status, state.global_step, final_dir, summary)
-
-
-def non_finite_message(e: NonFiniteError, last: Path | None) -> str:
-    """What stopped the run, what state it left, and what to try."""
-    advice = (
-        "Lower train.learning_rate, keep train.max_grad_norm, or inspect those examples "
-        "with `tuneloop data inspect --id ID`"
-    )
-    if e.applied:
-        state = "DeepSpeed had already applied the step, so no checkpoint was written after it"
-    elif e.what.startswith("the validation metric"):
-        state = "No checkpoint was written for this evaluation"
-        advice = (
-            "The weights have diverged (or overflow in this precision): lower train.learning_rate, or use fp32/bf16"
-        )
-    else:
-        state = "The step was not applied and no checkpoint was written for it"
-    last_good = f"; the last good checkpoint is {last} (`tuneloop train --resume` continues from it)" if last else ""
-    return f"training stopped: {e}. {state}{last_good}. {advice}"
 
 
 def _run_dir(cfg: ProjectConfig, resume: Path | None) -> tuple[Path, Path | None]:
