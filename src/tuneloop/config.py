@@ -435,6 +435,42 @@ class EvalConfig(_Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 
+ExportFormat = Literal["safetensors", "gguf"]
+GgufQuant = Literal["f16", "q8_0"]
+
+
+class ExportConfig(_Section):
+    """`tuneloop export` and the loop's optional export stage: merge, convert, verify against the run."""
+
+    enabled: bool = Field(default=False, description="`tuneloop run` exports after evaluating.")
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: ["safetensors"],
+        min_length=1,
+        description="safetensors (a standalone Hugging Face folder) and/or gguf (llama.cpp, Ollama).",
+    )
+    quant: list[GgufQuant] = Field(
+        default_factory=lambda: ["q8_0"], min_length=1, description="GGUF weight types: f16 and/or q8_0."
+    )
+    probes: int = Field(default=4, gt=0, le=64, description="Prompts the export is verified on (test prompts first).")
+    max_new_tokens: int = Field(default=24, gt=0, description="Greedy tokens compared per probe prompt.")
+    max_abs_diff: float = Field(
+        default=1e-4, gt=0, description="Largest logit difference allowed for the float32 safetensors export."
+    )
+    f16_max_abs_diff: float = Field(default=0.25, gt=0, description="Largest logit difference allowed for GGUF f16.")
+    q8_0_max_abs_diff: float = Field(default=1.0, gt=0, description="Largest logit difference allowed for GGUF q8_0.")
+    f16_min_top1: float = Field(
+        default=0.98, gt=0, le=1, description="Share of positions whose top-1 token must agree for GGUF f16."
+    )
+    q8_0_min_top1: float = Field(
+        default=0.95, gt=0, le=1, description="Share of positions whose top-1 token must agree for GGUF q8_0."
+    )
+
+    @field_validator("formats", "quant")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
 class OutputConfig(_Section):
     """Where runs are written."""
 
@@ -451,6 +487,7 @@ class ProjectConfig(_Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)

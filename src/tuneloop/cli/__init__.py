@@ -14,6 +14,7 @@ from tuneloop.cli import config as config_cmd
 from tuneloop.cli import curve as curve_cmd
 from tuneloop.cli import data as data_cmd
 from tuneloop.cli import evaluate as eval_cmd
+from tuneloop.cli import export as export_cmd
 from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
@@ -64,6 +65,7 @@ app.command("plan")(plan_cmd.plan)
 app.command("train")(train_cmd.train)
 app.command("generate")(generate_cmd.generate)
 app.command("eval")(eval_cmd.evaluate)
+app.command("export")(export_cmd.export)
 app.add_typer(runs_cmd.app, name="runs")
 app.command("serve")(serve_cmd.serve)
 app.command("run")(run_cmd.run)
