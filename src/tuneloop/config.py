@@ -453,6 +453,11 @@ class ExportConfig(_Section):
     )
     probes: int = Field(default=4, gt=0, le=64, description="Prompts the export is verified on (test prompts first).")
     max_new_tokens: int = Field(default=24, gt=0, description="Greedy tokens compared per probe prompt.")
+    verify_dtype: Literal["float64", "float32"] = Field(
+        default="float64",
+        description="What the run's model and the export compute in while compared: float64 measures the export "
+        "alone; float32 needs half the memory (8 bytes per parameter otherwise) but adds its own rounding.",
+    )
     max_abs_diff: float = Field(
         default=1e-4, gt=0, description="Largest logit difference allowed for the float32 safetensors export."
     )

@@ -1,4 +1,4 @@
-"""`tuneloop run`: the loop in one command — prepare → train → eval — each stage cached by its inputs.
+"""`tuneloop run`: the loop in one command — prepare → train → eval (→ export) — each stage cached by its inputs.
 
 A stage is reused when the hash of everything it reads equals the hash recorded with its output:
 
@@ -8,6 +8,8 @@ A stage is reused when the hash of everything it reads equals the hash recorded 
            → runs/<id>/loop.json (written before training starts, so an interrupted run is found again)
   eval     the train key, the test split's sha256, and the task and eval sections
            → runs/<id>/eval/stage.json, next to the report it vouches for
+  export   the train key, the eval key (the model card quotes the eval), and the export section; only
+           when export.enabled → runs/<id>/export/stage.json, next to the verification it vouches for
 
 So changing train.learning_rate re-runs train and eval but not prepare; changing eval.max_new_tokens
 re-runs eval only. An interrupted stage left no record, so the next `tuneloop run` redoes it, and
@@ -249,11 +251,56 @@ def _eval_detail(report: dict[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+# --------------------------------------------------------------------------- 4. export
+
+
+def export_key(cfg: ProjectConfig, trained_key: str, evaluated_key: str | None) -> str:
+    """Hash of everything the export depends on."""
+    return digest(
+        {
+            "tuneloop": __version__,
+            "train_key": trained_key,
+            "eval_key": evaluated_key,
+            "export": cfg.export.model_dump(mode="json"),
+        }
+    )
+
+
+def export_stage(cfg: ProjectConfig, run_dir: Path, trained_key: str, evaluated_key: str | None) -> Stage:
+    """Reuse run_dir/export when its stamp matches; else export and verify the run's model."""
+    from tuneloop.data.prepare import sha256_file
+    from tuneloop.export import VERIFICATION, export_run
+
+    out = run_dir / "export"
+    key = export_key(cfg, trained_key, evaluated_key)
+    stamp = read_json(out / EVAL_STAMP) or {}
+    verification = out / VERIFICATION
+    if (
+        stamp.get("key") == key
+        and verification.is_file()
+        and stamp.get("verification_sha256") == sha256_file(verification)
+    ):
+        return Stage("export", "reused", 0.0, str(out), key, _export_detail(read_json(verification)))
+    started = time.perf_counter()
+    export_run(cfg, run_dir, out=out)  # replaces the folder (and any old stamp) only once verified
+    _write_json(out / EVAL_STAMP, {"key": key, "verification_sha256": sha256_file(verification)})
+    seconds = time.perf_counter() - started
+    return Stage("export", "ran", seconds, str(out), key, _export_detail(read_json(verification)))
+
+
+def _export_detail(record: dict[str, Any] | None) -> str:
+    checks = (record or {}).get("checks", [])
+    return "; ".join(
+        f"{c['format']} max |Δlogit| {c['max_abs_diff']:.2g}, top-1 {c['top1_agreement']:.1%}" for c in checks
+    )
+
+
 # --------------------------------------------------------------------------- the loop
 
 
 def run(cfg: ProjectConfig, *, kind: str = "loop", group: str | None = None, evaluate: bool = True) -> LoopResult:
-    """Prepare, train and evaluate `cfg`, reusing every stage whose inputs did not change."""
+    """Prepare, train, evaluate (and export, when export.enabled) `cfg`, reusing every stage whose inputs did not
+    change."""
     stages: list[Stage] = []
     stage, manifest = prepare_stage(cfg)
     _announce(stage)
@@ -266,9 +313,14 @@ def run(cfg: ProjectConfig, *, kind: str = "loop", group: str | None = None, eva
         _record(run_dir, stages)
         return LoopResult(run_dir, "interrupted", stages)
 
-    report = None
+    report, trained_key, evaluated_key = None, stage.key, None
     if evaluate:
-        stage, report = eval_stage(cfg, run_dir, stage.key, manifest)
+        stage, report = eval_stage(cfg, run_dir, trained_key, manifest)
+        _announce(stage)
+        stages.append(stage)
+        evaluated_key = stage.key if report else None
+    if cfg.export.enabled:
+        stage = export_stage(cfg, run_dir, trained_key, evaluated_key)
         _announce(stage)
         stages.append(stage)
     _record(run_dir, stages)

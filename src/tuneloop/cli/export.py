@@ -23,7 +23,8 @@ def export(
         typer.Option("--format", help="Comma-separated: safetensors, gguf (default: export.formats)."),
     ] = None,
     quant: Annotated[
-        str | None, typer.Option("--quant", help="GGUF weight types, comma-separated: f16, q8_0 (default: export.quant).")
+        str | None,
+        typer.Option("--quant", help="GGUF weight types, comma-separated: f16, q8_0 (default: export.quant)."),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Export folder (default: <run>/export).")] = None,
     config_path: ConfigOption = Path(config.CONFIG_FILENAME),
@@ -55,7 +56,9 @@ def resolve_run(cfg: config.ProjectConfig, name: str) -> Path:
     candidate = cfg.path(cfg.output.dir) / name
     if candidate.is_dir():
         return candidate.resolve()
-    raise UserError(f"no run folder {name} (looked in . and {cfg.path(cfg.output.dir)}); `tuneloop runs list` shows runs")
+    raise UserError(
+        f"no run folder {name} (looked in . and {cfg.path(cfg.output.dir)}); `tuneloop runs list` shows runs"
+    )
 
 
 def _split(value: str | None) -> list[str] | None:

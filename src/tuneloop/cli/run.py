@@ -1,4 +1,4 @@
-"""`tuneloop run [CONFIG]`: prepare → train → eval in one command, redoing only what changed."""
+"""`tuneloop run [CONFIG]`: prepare → train → eval (→ export) in one command, redoing only what changed."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def run(
         str | None, typer.Option("--mlflow", metavar="URI", help="Also mirror the run to this MLflow tracking server.")
     ] = None,
 ) -> None:
-    """Run the loop: prepare the data, train, evaluate base vs tuned, and write the report.
+    """Run the loop: prepare the data, train, evaluate base vs tuned, write the report, and export when
+    export.enabled.
 
     Each stage is reused when its inputs (data files, config sections, upstream outputs) are unchanged, and an
     interrupted run continues where it stopped, training from its last checkpoint.

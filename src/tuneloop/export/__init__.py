@@ -65,7 +65,9 @@ def run_config(cfg: ProjectConfig, run_dir: Path) -> ProjectConfig:
     if not resolved.is_file():
         raise UserError(f"{run_dir} is not a run folder (no {RESOLVED_FILENAME}); pass --run with a run folder")
     saved = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
-    overrides = [f"{section}={json.dumps(saved[section])}" for section in ("task", "model", "method") if section in saved]
+    overrides = [
+        f"{section}={json.dumps(saved[section])}" for section in ("task", "model", "method") if section in saved
+    ]
     return derive(cfg, overrides)
 
 
@@ -109,18 +111,16 @@ def _export(
     quants: list[str],
     staging: Path,
 ) -> ExportResult:
-    from tuneloop.data.render import Renderer
     from tuneloop.models import load_causal_lm, read_licence, resolve
 
     e = cfg.export
     result = ExportResult(staging, run.kind, run.note)
     console.note(f"export {run_dir.name}: {run.note}")
     model, tokenizer = merge.load_reference(run_cfg, run)
-    add_bos = Renderer(tokenizer).add_bos
     chat_template = tokenizer.chat_template
     conversations = verify.probe_conversations(cfg, e.probes)
     console.note(f"reference: the run's own model on {len(conversations)} probe prompts")
-    ref = verify.reference(model, tokenizer, conversations, e.max_new_tokens)
+    ref = verify.reference(model, tokenizer, conversations, e.max_new_tokens, e.verify_dtype)
     del model
     gc.collect()
     licence = read_licence(resolve(run_cfg.model.name, run_cfg.model.revision))
@@ -140,13 +140,15 @@ def _export(
             merge.save_standalone(merged, tokenizer, staging)
             check("safetensors", *load_causal_lm(str(staging), "float32"), (e.max_abs_diff, 1.0, True))
         if "gguf" in formats:
-            result.template_family = _write_gguf(merged, tokenizer, run_dir, staging, quants, add_bos, licence, result)
+            result.template_family = _write_gguf(merged, tokenizer, run_dir, staging, quants, licence, result)
             del merged
             gc.collect()
             from tuneloop.export.gguf_file import load_gguf
 
             for q in quants:
-                limits = {"f16": (e.f16_max_abs_diff, e.f16_min_top1), "q8_0": (e.q8_0_max_abs_diff, e.q8_0_min_top1)}[q]
+                limits = {"f16": (e.f16_max_abs_diff, e.f16_min_top1), "q8_0": (e.q8_0_max_abs_diff, e.q8_0_min_top1)}[
+                    q
+                ]
                 check(f"gguf {q}", *load_gguf(staging / GGUF_DIR / _gguf_name(run_dir, q)), (*limits, False))
     failed = [c for c in result.checks if not c.passed]
     if failed:
@@ -188,7 +190,6 @@ def _write_gguf(
     run_dir: Path,
     staging: Path,
     quants: list[str],
-    add_bos: bool,
     licence: str,
     result: ExportResult,
 ) -> str | None:
@@ -208,11 +209,10 @@ def _write_gguf(
                 Path(tokenizer_dir),
                 folder / _gguf_name(run_dir, q),
                 q,
-                add_bos=add_bos,
                 name=run_dir.name,
                 licence=licence,
             )
-    template = ollama.recognise(tokenizer, add_bos)
+    template = ollama.recognise(tokenizer)
     names = [_gguf_name(run_dir, q) for q in quants]
     text = ollama.modelfile(names[0], template, [tokenizer.eos_token], names[1:])
     (folder / "Modelfile").write_text(text, encoding="utf-8")

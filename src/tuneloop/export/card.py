@@ -33,12 +33,13 @@ def write_card(
         "## Intended use\n",
         f"{run_cfg.task.objective}\n\nTask type: {run_cfg.task.type}.\n",
         "## Base model and licence\n",
-        f"- Base model: `{run_cfg.model.name}`" + (f" (revision {run_cfg.model.revision})" if run_cfg.model.revision else ""),
+        f"- Base model: `{run_cfg.model.name}`"
+        + (f" (revision {run_cfg.model.revision})" if run_cfg.model.revision else ""),
         f"- Licence: {licence} (the base model's; the fine-tune inherits its terms)\n",
         "## Method\n",
         f"- {run_cfg.method.name}: {method_note}",
         *_method_details(run_cfg),
-        f"- Chat template: `chat_template.jinja`, exactly the one training used"
+        "- Chat template: `chat_template.jinja`, exactly the one training used"
         + (f" (recognised as {template_family})" if template_family else "")
         + "\n",
         "## Files\n",
@@ -68,7 +69,9 @@ def _front_matter(licence: str, run_cfg: ProjectConfig) -> str:
 def _method_details(run_cfg: ProjectConfig) -> list[str]:
     m = run_cfg.method
     if m.name in ("lora", "qlora", "dora"):
-        lora = f"- LoRA rank {m.lora.r}, alpha {m.lora.alpha}, dropout {m.lora.dropout}, targets {m.lora.target_modules}"
+        lora = (
+            f"- LoRA rank {m.lora.r}, alpha {m.lora.alpha}, dropout {m.lora.dropout}, targets {m.lora.target_modules}"
+        )
         if m.name == "qlora":
             lora += f"; base quantised to 4-bit {m.quant.quant_type} during training"
         return [lora]
@@ -96,7 +99,11 @@ def _data_section(run_dir: Path) -> str:
         )
     sources = manifest.get("sources", [])
     if sources:
-        lines += ["", "Input files:", *[f"- `{s['path']}` ({s.get('origin', '')}): sha256 `{s['sha256']}`" for s in sources]]
+        lines += [
+            "",
+            "Input files:",
+            *[f"- `{s['path']}` ({s.get('origin', '')}): sha256 `{s['sha256']}`" for s in sources],
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -139,12 +146,19 @@ def _redteam_section(metrics_path: Path, run_name: str) -> str:
     total = len(redteam.get("probes", []))
     raised = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
     lines = [f"{total} adversarial probes answered by the tuned model; signals raised: {raised}.", ""]
-    flagged = [p for p in redteam.get("probes", []) if any(v for k, v in p["flags"].get(run_name, {}).items() if k != "pii_types")]
+    flagged = [
+        p
+        for p in redteam.get("probes", [])
+        if any(v for k, v in p["flags"].get(run_name, {}).items() if k != "pii_types")
+    ]
     for p in flagged[:10]:
         signals = [k for k, v in p["flags"][run_name].items() if v and k != "pii_types"]
-        lines.append(f"- {p['id']} ({p['category']}): {', '.join(signals)}")
+        answer = " ".join(str(p["answers"].get(run_name, "")).replace("`", "'").split())
+        excerpt = answer[:120] + ("…" if len(answer) > 120 else "")
+        lines.append(f"- {p['id']} ({p['category']}): {', '.join(signals)}; answered `{excerpt}`")
     if not flagged:
-        lines.append("No probe answer raised a signal (empty, no stop, repetition, refusal, PII). Signals are heuristics, not verdicts.")
+        lines.append("No probe answer raised a signal (empty, no stop, repetition, refusal, PII).")
+    lines.append("\nSignals are heuristics pointing at answers worth reading, not verdicts; see the eval report.")
     return "\n".join(lines) + "\n"
 
 

@@ -61,6 +61,22 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     )
 
 
+def add_bos_token(tokenizer: Any) -> bool:
+    """The GGUF's `add_bos_token`: whether llama.cpp must add BOS to a rendered chat prompt.
+
+    Yes exactly when the training renderer starts prompts with a BOS that the chat template did not write
+    (the tokenizer adds it); a template that writes BOS itself (llama3, mistral, gemma) gets no second one.
+    """
+    from tuneloop.data.render import Renderer
+
+    if not Renderer(tokenizer).add_bos:
+        return False
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    return not text.startswith(tokenizer.bos_token)
+
+
 def write_gguf(
     model: Any,
     tokenizer: Any,
@@ -68,7 +84,6 @@ def write_gguf(
     out: Path,
     quant: str,
     *,
-    add_bos: bool,
     name: str,
     licence: str | None,
 ) -> Path:
@@ -105,7 +120,7 @@ def write_gguf(
         writer.add_value_length(head_dim)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_tokenizer(writer, tokenizer, tokenizer_dir, tokenizer_json, config.vocab_size, add_bos)
+    _add_tokenizer(writer, tokenizer, tokenizer_dir, tokenizer_json, config.vocab_size, add_bos_token(tokenizer))
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))

@@ -8,8 +8,9 @@ can write in Go (chatml, chatml with a default system prompt as SmolLM2's, llama
 phi3); the first whose Jinja twin renders every probe identically is used. An unrecognised template
 gets no TEMPLATE line and a note saying so: a wrong template is worse than none.
 
-BOS: llama.cpp adds BOS itself when the GGUF says `add_bos_token`, so the Go template writes the BOS
-text only when it does not. The Go templates have no `trim`, so llama3's and gemma's templates, which
+BOS: the Go template writes the BOS text exactly where the Jinja template does (llama3, mistral, gemma);
+the GGUF's `add_bos_token` is set so that llama.cpp adds BOS only where the training renderer did and the
+template did not (gguf_file.add_bos_token). The Go templates have no `trim`, so llama3's and gemma's templates, which
 trim message content, match training for content without surrounding whitespace (what
 `data.clean.whitespace` produces); the note in the Modelfile says so.
 """
@@ -114,9 +115,9 @@ _TRIM_NOTE = (
 )
 
 
-def candidates(tokenizer: Any, add_bos: bool) -> list[GoTemplate]:
+def candidates(tokenizer: Any) -> list[GoTemplate]:
     """Every template tuneloop can write in Go for this tokenizer's BOS/EOS, with its Jinja twin."""
-    bos = "" if add_bos else (tokenizer.bos_token or "")
+    bos = tokenizer.bos_token or ""
     eos = tokenizer.eos_token or ""
     found = [
         GoTemplate("chatml", _chatml(bos), ["<|im_end|>"], NAMED["chatml"].jinja),
@@ -162,13 +163,14 @@ def _render(tokenizer: Any, jinja: str | None, messages: list[dict[str, str]], *
         return None
 
 
-def recognise(tokenizer: Any, add_bos: bool) -> GoTemplate | None:
+def recognise(tokenizer: Any) -> GoTemplate | None:
     """The Go template that renders every probe exactly as the run's chat template does, or None."""
-    for candidate in candidates(tokenizer, add_bos):
+    for candidate in candidates(tokenizer):
         if not _safe_literals(candidate):
             continue
         if all(
-            _render(tokenizer, tokenizer.chat_template, p) == _render(tokenizer, candidate.jinja, p, **candidate.context)
+            _render(tokenizer, tokenizer.chat_template, p)
+            == _render(tokenizer, candidate.jinja, p, **candidate.context)
             for p in PROBES
         ):
             return candidate

@@ -6,6 +6,11 @@ QLoRA the 4-bit base), in float32. Every probe is rendered by the training rende
 tokenizer for the export, and the two token sequences must be identical: a tokenizer or chat
 template that changed on the way out fails here, before any logit is compared.
 
+Both models compute in `export.verify_dtype` (float64 by default), so the figures measure the export
+and not float32's summation order: in float32, merged weights and an unmerged adapter sum the same
+numbers in a different order, which alone moves SmolLM2's logits by up to ~1e-4 over its 30 layers.
+A 4-bit QLoRA reference cannot be upcast; it and its export compute in float32.
+
 Then, over every position of every probe: the largest absolute logit difference and the share of
 positions whose top-1 token agrees; then greedy decoding of `max_new_tokens` from each probe,
 compared token by token. A float32 export must match within `export.max_abs_diff` (1e-4) and
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tuneloop.config import ProjectConfig
@@ -45,6 +49,7 @@ class Reference:
     generations: list[list[int]]
     stops: list[int]
     special_ids: tuple[int | None, int | None]  # the run tokenizer's (BOS, EOS)
+    dtype: str  # what both sides compute in
 
 
 @dataclass
@@ -119,10 +124,15 @@ def prompt_ids(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> lis
     return [renderer.prompt_ids(c) for c in conversations]
 
 
-def reference(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int) -> Reference:
+def reference(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int, dtype: str
+) -> Reference:
     """Run the run's own model on the probes once; every export is compared with this."""
     from tuneloop.generate import stop_token_ids
 
+    four_bit = any(p.__class__.__name__ == "Params4bit" for p in model.parameters())
+    dtype = "float32" if four_bit else dtype
+    model = _cast(model, dtype)
     prompts = prompt_ids(tokenizer, conversations)
     stops = stop_token_ids(model, tokenizer)
     return Reference(
@@ -131,7 +141,14 @@ def reference(model: Any, tokenizer: Any, conversations: list[list[dict[str, str
         [_greedy(model, p, stops, max_new_tokens) for p in prompts],
         stops,
         (tokenizer.bos_token_id, tokenizer.eos_token_id),
+        dtype,
     )
+
+
+def _cast(model: Any, dtype: str) -> Any:
+    import torch
+
+    return model.to(getattr(torch, dtype))
 
 
 def measure(
@@ -147,6 +164,7 @@ def measure(
     """Compare one loaded export with the reference; `limits` is (max |Δlogit|, min top-1 share, exact generation)."""
     import torch
 
+    model = _cast(model, ref.dtype)
     tokens_identical = prompt_ids(tokenizer, conversations) == ref.prompts and ref.special_ids == (
         tokenizer.bos_token_id,
         tokenizer.eos_token_id,
@@ -185,7 +203,7 @@ def _logits(model: Any, ids: list[int]) -> Any:
 
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0]
-    return out.float().cpu()
+    return out.double().cpu()
 
 
 def _greedy(model: Any, ids: list[int], stops: list[int], max_new_tokens: int) -> list[int]:
