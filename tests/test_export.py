@@ -269,3 +269,15 @@ def test_loop_exports_once_and_the_card_quotes_the_eval(tmp_path: Path, tiny_lla
     assert {s.name: s.action for s in loop.run(config.load(path, ["export.max_new_tokens=3"])).stages}[
         "export"
     ] == "ran"
+
+
+def test_qlora_merges_into_the_dequantised_4bit_base(tmp_path: Path, tiny_llama: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    project = make_project(tmp_path, str(tiny_llama), "qlora")
+    run_dir = make_adapter_run(project)
+    result = export_run(config.load(project), run_dir, ["safetensors"])
+    assert result.kind == "qlora" and "dequantised to float32" in result.note
+    check = result.checks[0]
+    # The reference is the 4-bit base + adapter, computed in float32: the limit is float32's, not float64's.
+    assert check.passed and check.max_abs_diff <= 1e-4 and check.generation_matches == check.probes
+    assert "dequantised to float32" in (run_dir / "export" / "README.md").read_text()

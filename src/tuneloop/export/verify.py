@@ -117,7 +117,10 @@ def probe_conversations(cfg: ProjectConfig, n: int) -> list[list[dict[str, str]]
 
 
 def prompt_ids(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
-    """The training renderer's token ids for each conversation plus the assistant's generation prompt."""
+    """The training renderer's token ids for each conversation plus the assistant's generation prompt.
+
+    Raises RowError when the tokenizer cannot render them (no EOS, no chat template).
+    """
     from tuneloop.data.render import Renderer
 
     renderer = Renderer(tokenizer)
@@ -128,12 +131,17 @@ def reference(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int, dtype: str
 ) -> Reference:
     """Run the run's own model on the probes once; every export is compared with this."""
+    from tuneloop.data.formats import RowError
+    from tuneloop.errors import UserError
     from tuneloop.generate import stop_token_ids
 
+    try:
+        prompts = prompt_ids(tokenizer, conversations)
+    except RowError as e:
+        raise UserError(f"cannot render the probe prompts with the run's tokenizer: {e}") from None
     four_bit = any(p.__class__.__name__ == "Params4bit" for p in model.parameters())
     dtype = "float32" if four_bit else dtype
     model = _cast(model, dtype)
-    prompts = prompt_ids(tokenizer, conversations)
     stops = stop_token_ids(model, tokenizer)
     return Reference(
         prompts,
@@ -164,11 +172,14 @@ def measure(
     """Compare one loaded export with the reference; `limits` is (max |Δlogit|, min top-1 share, exact generation)."""
     import torch
 
+    from tuneloop.data.formats import RowError
+
     model = _cast(model, ref.dtype)
-    tokens_identical = prompt_ids(tokenizer, conversations) == ref.prompts and ref.special_ids == (
-        tokenizer.bos_token_id,
-        tokenizer.eos_token_id,
-    )
+    try:
+        ids = prompt_ids(tokenizer, conversations)
+    except RowError:  # e.g. an exported tokenizer that lost its EOS token or chat template
+        ids = None
+    tokens_identical = ids == ref.prompts and ref.special_ids == (tokenizer.bos_token_id, tokenizer.eos_token_id)
     worst, agree, positions = 0.0, 0, 0
     for prompt, expected in zip(ref.prompts, ref.logits, strict=True):
         got = _logits(model, prompt)
