@@ -405,3 +405,29 @@ def test_32_concurrent_clients_all_succeed(server: Server) -> None:
         counts = list(pool.map(loop, range(32)))
     assert not failures, failures[:3]
     assert all(c >= 1 for c in counts)
+
+
+@pytest.mark.slow
+def test_serving_smollm2_answers_what_evaluation_generates() -> None:
+    """The embedded SmolLM2 with its real chat template: the server's greedy answer is eval's answer."""
+    from tuneloop.generate import generate_batch
+    from tuneloop.models import load_causal_lm
+
+    models = adapters.load(adapters.plan("smollm2-135m-instruct"))
+    conversations = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Is water wet?"}],
+    ]
+    with running(create_app(models)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        replies = [
+            client.chat.completions.create(
+                model="smollm2-135m-instruct", messages=c, temperature=0, max_tokens=24
+            ).choices[0]
+            for c in conversations
+        ]
+    model, tokenizer = load_causal_lm("smollm2-135m-instruct")
+    expected = generate_batch(model, tokenizer, conversations, max_new_tokens=24)
+    assert [r.message.content.strip() for r in replies] == [g.text for g in expected]
+    assert [r.finish_reason == "stop" for r in replies] == [g.stopped for g in expected]
+    assert "Paris" in replies[0].message.content

@@ -55,7 +55,9 @@ def serve(
         Path, typer.Option("--log", help="Append each request and answer to this JSONL file.")
     ] = DEFAULT_LOG,
     no_log: Annotated[bool, typer.Option("--no-log", help="Keep no request log.")] = False,
-    dtype: Annotated[str, typer.Option(help="Weight dtype for --model: auto, float32, bfloat16, float16.")] = "auto",
+    dtype: Annotated[
+        Literal["auto", "float32", "bfloat16", "float16"], typer.Option(help="Weight dtype for --model.")
+    ] = "auto",
     config_path: ConfigOption = Path(config.CONFIG_FILENAME),
     overrides: SetOption = None,
 ) -> None:
@@ -69,8 +71,6 @@ def serve(
             f"--host {host} exposes the server beyond this machine; give --api-key KEY (or set TUNELOOP_API_KEY) "
             "so that only clients with the key can use it"
         )
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")
 
     def resolve_run(ref: str) -> Path:
         return _run_folder(ref, config_path, overrides)
