@@ -147,3 +147,38 @@ def test_pii_ner_keys(project: Path):
     assert "data.pii.ner: Input should be 'presidio' or 'off'" in message
     assert "data.pii.ner_types.0: Input should be 'PERSON' or 'LOCATION'" in message
     assert "at least 1" in load_error(path, ["data.pii.ner_types=[]"])
+
+
+def test_metrics_the_project_cannot_compute_fail_at_load_all_at_once(tmp_path: Path):
+    path = write(
+        tmp_path,
+        "task:\n  objective: x\n  type: chat\n  metrics: [rougeL, json_schema, accuracy, preference_accuracy]\n"
+        "train:\n  eval_metrics: [json_schema]\n",
+    )
+    message = load_error(path)
+    assert "4 problems" in message
+    assert f"{path}:4: task.metrics: metric json_schema needs eval.json_schema" in message
+    assert f"{path}:4: task.metrics: metric accuracy compares the label" in message and "data.labels" in message
+    assert f"{path}:4: task.metrics: preference_accuracy needs preference pairs" in message
+    assert f"{path}:6: train.eval_metrics: metric json_schema needs eval.json_schema" in message
+    # With what they need, the same metrics load.
+    fixed = ["eval.json_schema=schema.json", "data.labels=[billing, refund]", "task.metrics=[json_schema, accuracy]"]
+    cfg = config.load(path, fixed)
+    assert cfg.task.metrics == ["json_schema", "accuracy"] and cfg.train.eval_metrics == ["json_schema"]
+    assert "metric accuracy" not in load_error(path, ["task.type=classification", "eval.json_schema=s.json"])
+
+
+def test_a_test_file_takes_the_test_share_to_zero(tmp_path: Path):
+    base = "task: {objective: x, type: chat}\ndata:\n  train: a.jsonl\n  test: t.jsonl\n"
+    cfg = config.load(write(tmp_path, base + "  split: {train: 0.9, val: 0.1}\n"))
+    assert (cfg.data.split.train, cfg.data.split.val, cfg.data.split.test) == (0.9, 0.1, 0.0)
+    cfg = config.load(write(tmp_path, base))
+    assert (cfg.data.split.train, cfg.data.split.val, cfg.data.split.test) == (0.9, 0.1, 0.0)
+    cfg = config.load(write(tmp_path, base + "  split: {val: 0.2}\n"))
+    assert (cfg.data.split.train, cfg.data.split.val, cfg.data.split.test) == (0.8, 0.2, 0.0)
+    path = write(tmp_path, base + "  split:\n    train: 0.8\n    val: 0.1\n    test: 0.1\n")
+    message = load_error(path)
+    assert f"{path}:8: data.split.test: data.test gives your own test set" in message
+    assert "set data.split.test to 0" in message
+    # A config that went through a run (every default written out) loads the same again.
+    assert config.derive(cfg, []).data.split == cfg.data.split

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from tuneloop import config_rules
 from tuneloop.errors import UserError
 
 CONFIG_FILENAME = "tuneloop.yaml"
@@ -162,9 +163,9 @@ class ModelConfig(_Section):
 
 
 class SplitConfig(_Section):
-    """Fractions of the data for train / validation / test."""
+    """Fractions of the data for train / validation / test (0 for a split you bring a file for)."""
 
-    train: float = Field(default=0.8, gt=0, lt=1)
+    train: float = Field(default=0.8, gt=0, le=1)
     val: float = Field(default=0.1, ge=0, lt=1)
     test: float = Field(default=0.1, ge=0, lt=1)
 
@@ -261,6 +262,16 @@ class DataConfig(_Section):
     @classmethod
     def _one_path_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_files_take_no_share(cls, value: Any) -> Any:
+        return config_rules.own_files_take_no_share(value, {"val": SplitConfig().val, "test": SplitConfig().test})
+
+    @model_validator(mode="after")
+    def _no_share_beside_own_file(self) -> DataConfig:
+        config_rules.raise_located(config_rules.shares_beside_own_files(self), "DataConfig")
+        return self
 
 
 class LoraConfig(_Section):
@@ -501,6 +512,12 @@ class ProjectConfig(_Section):
     def _method_defaults(self) -> ProjectConfig:
         if self.train.learning_rate is None:
             self.train.learning_rate = DEFAULT_LEARNING_RATE[self.method.name]
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_can_be_computed(self) -> ProjectConfig:
+        """A metric the project cannot compute fails now, not after training or generation."""
+        config_rules.raise_located(config_rules.uncomputable_metrics(self), "ProjectConfig")
         return self
 
     @property

@@ -54,7 +54,18 @@ MAJORITY = 0.5  # the winning shape must cover more than this share of the sampl
 
 
 class RowError(ValueError):
-    """A record that cannot become an Example; the message is the reject reason."""
+    """A record that cannot become an Example; the message is the reject reason.
+
+    `systemic` marks a reason no record can fix, such as a tokenizer without a chat template: it is
+    the model's problem, not the row's, and `data prepare` stops at it once instead of rejecting every row.
+    """
+
+    def __init__(self, reason: str, systemic: bool = False) -> None:
+        super().__init__(reason)
+        self.systemic = systemic
+
+    def __reduce__(self) -> tuple:
+        return (RowError, (str(self), self.systemic))  # keep `systemic` across worker processes
 
 
 @dataclass

@@ -43,6 +43,7 @@ from tuneloop.files import sha256_file
 
 SPLITS = ("train", "val", "test")
 CHUNK = 1024  # records per worker task and per tokenizer call; smaller inputs never start the pool
+SYSTEMIC_AFTER = 50  # the first this many rendered records all failing for one systemic reason stop the stage
 
 
 @dataclass(slots=True)
@@ -58,9 +59,18 @@ class _Kept:
     """What stays in memory per accepted record."""
 
     group: str
+    key: int  # hash of the normalised content: decides the split (see data/split.py)
     label: str | None
     tokens: int
     trained: int
+
+
+class _SystemicReject(Exception):
+    """Every record rendered so far failed for one reason no record can fix (see RowError.systemic)."""
+
+    def __init__(self, reason: str, rows: int) -> None:
+        super().__init__(reason)
+        self.reason, self.rows = reason, rows
 
 
 @dataclass
@@ -253,6 +263,9 @@ class _Pipeline:
         self.kept: dict[str, list[_Kept]] = defaultdict(list)
         self.lengths: dict[str, list[int]] = defaultdict(list)
         self._spool: dict[str, Any] = {}
+        self.rendered = 0  # records that reached the renderer
+        self.systemic_run = 0  # how many of those, from the first, failed for `systemic_reason`
+        self.systemic_reason: str | None = None
         self.on_rows: Callable[[int], None] = lambda n: None  # progress display hook
 
     # -- reading and validation ------------------------------------------------------------
@@ -362,8 +375,11 @@ class _Pipeline:
     def _measure(self, row: _Row, w: _Worked) -> None:
         """Drop what cannot render, trains nothing, or is too long (by policy); keep the rest."""
         result = w.measured
+        self._watch_systemic(result if isinstance(result, RowError) else None)
         if isinstance(result, RowError):
             self.rejects.add(row.raw, str(result), "render")
+            if self.systemic_run >= SYSTEMIC_AFTER:
+                raise _SystemicReject(str(result), self.systemic_run)
             return
         tokens, trained = result
         if trained == 0:
@@ -378,12 +394,25 @@ class _Pipeline:
             self.counts["truncated"] += 1
         self._keep(row, w, tokens, trained)
 
+    def _watch_systemic(self, error: RowError | None) -> None:
+        """Count the leading records that all failed for one systemic reason (the model's fault, not theirs)."""
+        self.rendered += 1
+        leading = self.systemic_run == self.rendered - 1
+        if leading and error is not None and error.systemic and self.systemic_reason in (None, str(error)):
+            self.systemic_run += 1
+            self.systemic_reason = str(error)
+
+    def check_systemic(self) -> None:
+        """At the end of the input: fewer than SYSTEMIC_AFTER records, and every one failed for one systemic reason."""
+        if self.rendered and self.systemic_run == self.rendered:
+            raise _SystemicReject(self.systemic_reason or "", self.systemic_run)
+
     def _keep(self, row: _Row, w: _Worked, tokens: int, trained: int) -> None:
         spool = self._spool.get(row.origin)
         if spool is None:
             spool = self._spool[row.origin] = (self.work / f"{row.origin}.jsonl").open("w", encoding="utf-8")
         spool.write(w.line)
-        self.kept[row.origin].append(_Kept(row.group, w.label, tokens, trained))
+        self.kept[row.origin].append(_Kept(row.group, w.fingerprint.key, w.label, tokens, trained))
 
     def close_spools(self) -> None:
         for f in self._spool.values():
@@ -450,7 +479,10 @@ def prepare(
             from tuneloop.models import load_tokenizer, resolve
 
             tokenizer = load_tokenizer(resolve(cfg.model.name, cfg.model.revision), cfg.model.trust_remote_code)
-        renderer = Renderer(tokenizer)
+        try:
+            renderer = Renderer(tokenizer)
+        except RowError as e:  # the tokenizer cannot render any example (no EOS token)
+            raise UserError(f"model {cfg.model.name}: {e}; no record can be prepared for it") from None
 
     rejects = _Rejects(work / "rejects.jsonl")
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
@@ -460,6 +492,7 @@ def prepare(
         rejects.close()
         shutil.rmtree(work, ignore_errors=True)
         raise
+    stopped: _SystemicReject | None = None
     try:
         with _progress() as progress:
             # Held-out inputs go first, so a train record that copies one is caught as leakage.
@@ -471,10 +504,20 @@ def prepare(
             for mix in data.mix:
                 pipe.on_rows = progress("replay mix records")
                 pipe.process(pipe.read([mix.path], "mix"))
+            pipe.check_systemic()
+    except _SystemicReject as e:
+        stopped = e
     finally:
         pipe.close_pool()
         pipe.close_spools()
         rejects.close()
+    if stopped is not None:
+        os.replace(work / "rejects.jsonl", out / "rejects.jsonl")  # what was read so far, to look at
+        shutil.rmtree(work, ignore_errors=True)
+        raise UserError(
+            f"{stopped.reason}. The first {stopped.rows:,} records that reached the template all failed for this "
+            f"reason, which no record can fix, so data prepare stopped; their rejects are in {out / 'rejects.jsonl'}"
+        )
     pipe.deduper.release()  # the split below needs memory per record too; don't hold both at once
 
     if data.long == "error" and pipe.counts["too_long"]:
@@ -491,12 +534,25 @@ def prepare(
         os.replace(work / name, out / name)
     report = report_mod.build(cfg, pipe, splits, rejects, renderer is not None)
     report_mod.write(report, out, pipe.lengths, data.max_length)
+    if not splits["train"]["rows"]:
+        shutil.rmtree(work, ignore_errors=True)
+        raise UserError(_empty_train(report, out))
     _write_manifest(cfg, pipe, splits, out, renderer)
     shutil.rmtree(work, ignore_errors=True)
     if strict and sum(rejects.by_stage.values()):
         n = sum(rejects.by_stage.values())
         raise UserError(f"--strict: {n:,} records were rejected; see {out / 'rejects.jsonl'} and {out / 'report.md'}")
     return Prepared(out, report, report["warnings"])
+
+
+def _empty_train(report: dict[str, Any], out: Path) -> str:
+    """Why nothing is left to train on, with the main reject reasons."""
+    reasons = "; ".join(f"{r['count']:,} × {r['stage']}: {r['example']}" for r in report["reject_reasons"][:3])
+    because = f" Most common reasons: {reasons}." if reasons else ""
+    return (
+        f"the train split is empty: {report['rows_in']:,} records read, none left to train on.{because} "
+        f"Every removed record is in {out / 'rejects.jsonl'}; see {out / 'report.md'}"
+    )
 
 
 @contextmanager
@@ -524,18 +580,14 @@ def _progress() -> Iterator[Callable[[str], Callable[[int], None]]]:
 
 
 def _assign(pipe: _Pipeline, data: Any) -> list[str]:
-    """Split names for the spooled train records (user-provided val/test are kept as they are)."""
+    """Split names for the spooled train records (user-provided val/test are kept as they are).
+
+    The config gives a split its own file provides a share of 0, so only the others are cut from train.
+    """
     from tuneloop.data.split import assign_splits
 
     kept = pipe.kept["train"]
-    wanted = {"train": data.split.train}
-    for name in ("val", "test"):
-        if not getattr(data, name):
-            wanted[name] = getattr(data.split, name)
-    if len(wanted) == 1:
-        return ["train"] * len(kept)
-    labels = [k.label for k in kept]
-    return assign_splits([k.group for k in kept], labels, wanted, data.seed)
+    return assign_splits([k.group for k in kept], [k.key for k in kept], data.split.model_dump(), data.seed)
 
 
 def _write_splits(pipe: _Pipeline, split_of: list[str], work: Path, out: Path, data: Any) -> dict[str, dict]:
@@ -590,13 +642,18 @@ def input_sources(cfg: ProjectConfig) -> list[dict[str, str]]:
 
 
 def settings_sha256(cfg: ProjectConfig) -> str:
-    """Hash of the settings the data stage depends on: the data section and the model (its tokenizer)."""
-    settings = json.dumps({"data": cfg.data.model_dump(mode="json"), "model": cfg.model.name}, sort_keys=True)
-    return hashlib.sha256(settings.encode()).hexdigest()
+    """Hash of the settings the data stage depends on: the data section, the model (its tokenizer) and the
+    split scheme (so data prepared under an older scheme is prepared again, not reused)."""
+    from tuneloop.data.split import SCHEME
+
+    settings = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.name, "split_scheme": SCHEME}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _write_manifest(cfg: ProjectConfig, pipe: _Pipeline, splits: dict, out: Path, renderer: Any) -> None:
     """Content hashes of inputs, outputs and settings, so a run can cite the exact data it used."""
+    from tuneloop.data.split import SCHEME
+
     template = getattr(renderer.tokenizer, "chat_template", None) if renderer else None
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -605,6 +662,7 @@ def _write_manifest(cfg: ProjectConfig, pipe: _Pipeline, splits: dict, out: Path
         "model": cfg.model.name,
         "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
         "tokenized": renderer is not None,
+        "split_scheme": SCHEME,
         "sources": input_sources(cfg),
         "splits": {name: {k: v for k, v in s.items()} for name, s in splits.items()},
         "rejects": {"file": "rejects.jsonl", "rows": sum(pipe.rejects.by_stage.values())},

@@ -45,7 +45,7 @@ class Renderer:
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token
         if self.eos is None:
-            raise RowError("the tokenizer has no EOS token, so the model cannot learn to stop")
+            raise RowError("the tokenizer has no EOS token, so the model cannot learn to stop", systemic=True)
         self.specials = [t for t in tokenizer.all_special_tokens if t] + [
             str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
         ]
@@ -75,9 +75,10 @@ class Renderer:
             longest = max(answers or [""], key=len)
             messages = [*example.messages, {"role": "assistant", "content": longest}]
         else:
-            raise RowError(f"examples of kind {example.kind} are not rendered through a chat template")
+            raise RowError(f"examples of kind {example.kind} are not rendered through a chat template", systemic=True)
         if self.tokenizer.chat_template is None:
-            raise RowError("the model's tokenizer has no chat template; pick an instruct model or set one")
+            no_template = "the model's tokenizer has no chat template; pick an instruct model or set one"
+            raise RowError(no_template, systemic=True)
         self._check_specials(messages)
         return messages
 
@@ -174,7 +175,11 @@ class Renderer:
         finally:
             self._cache.clear()
         texts = [p[0] for p in prepared if not isinstance(p, RowError)]
-        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+        try:
+            encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+        except Exception as e:  # the tokenizer itself is broken (or slow, without offsets): no row can fix that
+            failed = RowError(f"the tokenizer failed: {type(e).__name__}: {e}", systemic=True)
+            return [p if isinstance(p, RowError) else failed for p in prepared]
         out: list[Rendered | RowError] = []
         k = 0
         for p in prepared:

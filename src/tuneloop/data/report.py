@@ -108,12 +108,21 @@ def _warnings(data, splits, counts, pipe, lengths, min_examples, min_val) -> lis
             f"only {train:,} training examples; fine-tuning usually needs at least {min_examples:,} for a "
             "reliable gain: add data, or expect a small and noisy improvement"
         )
-    total = sum(s["rows"] for s in splits.values())
     val = splits["val"]["rows"]
-    if total and val / total < min_val - 0.005:  # 9.99% from rounding a 10% split is not a problem
+    if data.val:  # your own file: measured against the rows split into train (a test file does not count)
+        split_rows = len(pipe.kept.get("train", []))
+        share = val / (val + split_rows) if val + split_rows else 1.0
+        if share < min_val - 0.005:
+            out.append(
+                f"your validation file has {val:,} rows, {share:.1%} of the validation and training rows, under "
+                f"{min_val:.0%}: add rows to data.val, or leave it out and set data.split.val"
+            )
+    elif data.split.val < min_val - 0.005:
+        # The configured share of the rows being split: the realised one varies by sampling noise (data/split.py).
         out.append(
-            f"the validation split is {val / total:.1%} of the data ({val:,} rows), under {min_val:.0%}: raise "
-            "data.split.val (e.g. --set data.split.val=0.1 --set data.split.train=0.8) or provide data.val"
+            f"the validation split is {data.split.val:.1%} of the rows being split ({val:,} rows), under "
+            f"{min_val:.0%}: raise data.split.val (e.g. --set data.split.val=0.1 --set data.split.train=0.8) "
+            "or provide data.val"
         )
     if splits["test"]["rows"] == 0:
         out.append("the test split is empty, so `tuneloop eval` will have nothing to measure: set data.split.test")

@@ -1,41 +1,60 @@
-"""Seeded train/validation/test assignment: stratified by label, and group-aware.
+"""Seeded train/validation/test assignment by content hash: stable as the data grows, and group-aware.
 
-A group (a near-duplicate cluster) always lands in one split as a whole, so near-identical
-examples can never sit on both sides of the train/test line.
+Each group of rows gets a number in [0, 1) from a seeded hash of its content, and the split whose
+share of [0, 1) holds it: with 80/10/10, below 0.8 is train, below 0.9 val, the rest test. A row's
+split therefore depends on its own content, the seed and the shares, never on the other rows or on
+where it sits in a file: adding, removing or reordering rows never moves an existing row to another
+split, so the test set of the next iteration holds no row an earlier run trained on.
+
+What that guarantees, and what it does not:
+- A row that is its own group (no near duplicate grouped with it) keeps its split as long as its
+  content is unchanged, whatever else is added or removed.
+- Rows with the same content (exact duplicates kept with `data.dedup.exact: false`) share one split.
+- A group (a near-duplicate cluster, `data.dedup.near: group`) lands in one split as a whole. Its key
+  is the smallest content key among its members, so it is the same whichever member is read first.
+  A group keeps its split while its members stay; when a new near duplicate joins with a smaller key,
+  or a removed member held the smallest, the group's key changes and the whole group may move.
+- Stratification for classification holds in expectation: the hash does not see the label, so each
+  label is split in the configured shares up to sampling noise (about √n rows), and correcting a
+  label never moves a row. Split sizes follow the shares the same way, not to the row.
 """
 
 from __future__ import annotations
 
-import random
-from collections import Counter, defaultdict
+import xxhash
+
+# Recorded in the manifest and part of the prepare stage's cache key: a new scheme re-runs prepare.
+SCHEME = {"name": "content-hash", "version": 1}
+_UNIT = float(2**64)
 
 
-def assign_splits(groups: list[str], labels: list[str | None], fractions: dict[str, float], seed: int) -> list[str]:
+def position(key: int, seed: int) -> float:
+    """A content key's seeded place in [0, 1); uniform over keys, fixed for a (key, seed) pair."""
+    return xxhash.xxh64_intdigest(key.to_bytes(8, "little"), seed=seed % 2**64) / _UNIT
+
+
+def assign_splits(groups: list[str], keys: list[int], fractions: dict[str, float], seed: int) -> list[str]:
     """Return the split name for each row.
 
-    Rows are handled per stratum (label; one stratum when there are no labels). Within a stratum,
-    groups are shuffled with `seed` and each goes to the split furthest below its target size.
+    `groups[i]` names the group of row i (rows of one group always share a split) and `keys[i]` is
+    the 64-bit hash of row i's normalised content. `fractions` maps split names to their shares, in
+    order; shares are normalised over the splits with a share above 0.
     """
     names = [name for name, f in fractions.items() if f > 0]
     total = sum(fractions[n] for n in names)
-    members: dict[str, list[int]] = defaultdict(list)
-    for row, group in enumerate(groups):
-        members[group].append(row)
-    strata: dict[str | None, list[str]] = defaultdict(list)
-    for group, rows in members.items():
-        label = Counter(labels[r] for r in rows).most_common(1)[0][0]
-        strata[label].append(group)
-    rng = random.Random(seed)
-    result = [""] * len(groups)
-    for label in sorted(strata, key=lambda x: (x is None, str(x))):
-        stratum = sorted(strata[label])
-        rng.shuffle(stratum)
-        size = sum(len(members[g]) for g in stratum)
-        target = {n: size * fractions[n] / total for n in names}
-        filled = dict.fromkeys(names, 0)
-        for group in stratum:
-            name = max(names, key=lambda n: (target[n] - filled[n], -names.index(n)))
-            filled[name] += len(members[group])
-            for row in members[group]:
-                result[row] = name
-    return result
+    bounds, edge = [], 0.0
+    for name in names:
+        edge += fractions[name] / total
+        bounds.append(edge)
+    group_key: dict[str, int] = {}
+    for group, key in zip(groups, keys, strict=True):
+        known = group_key.get(group)
+        if known is None or key < known:
+            group_key[group] = key
+
+    def split_of(key: int) -> str:
+        at = position(key, seed)
+        return next((name for name, bound in zip(names, bounds, strict=True) if at < bound), names[-1])
+
+    chosen = {group: split_of(key) for group, key in group_key.items()}
+    return [chosen[group] for group in groups]

@@ -1,0 +1,87 @@
+"""Cross-section rules of the project config, checked when it loads (config.py's model validators call these).
+
+Each rule returns problems as (key path, message, value); `raise_located` raises them all at once as
+one pydantic ValidationError, so each keeps its own key and the loader reports it at its line in the
+YAML (or at its --set), together with every other mistake in the file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+Problem = tuple[tuple[str, ...], str, Any]  # (key path, what is wrong and what to do, the value)
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
+OWN_FILES = ("val", "test")  # splits you can bring as a file instead of a share of the data
+
+
+def raise_located(problems: list[Problem], title: str) -> None:
+    """Raise every problem at once, each at its own key (nothing when there are none)."""
+    if problems:
+        details = [
+            InitErrorDetails(type=PydanticCustomError("config_rule", "{reason}", {"reason": why}), loc=loc, input=value)
+            for loc, why, value in problems
+        ]
+        raise ValidationError.from_exception_data(title, details)
+
+
+def own_files_take_no_share(data: Any, defaults: dict[str, float]) -> Any:
+    """The raw `data` section with a 0 share for each split you give a file for, unless you set one.
+
+    Train, unless given, then takes the rest: so a test file needs no `split:` at all, and
+    `split: {train: 0.9, val: 0.1}` beside one is complete.
+    """
+    split = data.get("split", {}) if isinstance(data, dict) else None
+    if not isinstance(split, dict):
+        return data
+    zero = {name: 0.0 for name in OWN_FILES if data.get(name) and name not in split}
+    if not zero:
+        return data
+    split = {**split, **zero}
+    split.setdefault("train", round(1.0 - sum(split.get(n, defaults[n]) for n in OWN_FILES), 12))
+    return {**data, "split": split}
+
+
+def shares_beside_own_files(data: Any) -> list[Problem]:
+    """A nonzero share for a split that a file already provides would be a second set nobody uses."""
+    problems = []
+    for name in OWN_FILES:
+        share = getattr(data.split, name)
+        if getattr(data, name) and share > 0:
+            why = (
+                f"data.{name} gives your own {name} set, so a {share:g} share split off the training data would be "
+                f"a second {name} set that is never used; set data.split.{name} to 0 (or leave it out) and give "
+                "its share to train"
+            )
+            problems.append((("split", name), why, share))
+    return problems
+
+
+def uncomputable_metrics(cfg: Any) -> list[Problem]:
+    """Metrics in task.metrics and train.eval_metrics that this project cannot compute, and why."""
+    problems = []
+    listed = {("task", "metrics"): cfg.task.metrics, ("train", "eval_metrics"): cfg.train.eval_metrics}
+    for loc, names in listed.items():
+        for name in names:
+            why = _why_not(name, cfg, during_training=loc[0] == "train")
+            if why:
+                problems.append((loc, why, name))
+    return problems
+
+
+def _why_not(name: str, cfg: Any, during_training: bool) -> str | None:
+    task = cfg.task.type
+    if name == "json_schema" and not cfg.eval.json_schema:
+        return "metric json_schema needs eval.json_schema: set it to the path of a JSON Schema file"
+    if name in CLASSIFICATION_METRICS and task != "classification" and not cfg.data.labels:
+        return (
+            f"metric {name} compares the label named in each answer with the reference label, so it needs labels: "
+            "set data.labels to the allowed labels (or task.type: classification), or drop it"
+        )
+    if name == "preference_accuracy" and during_training:
+        return "preference_accuracy scores preference pairs with the model, not generated answers: drop it here"
+    if name == "preference_accuracy" and task != "preference":
+        return f"preference_accuracy needs preference pairs (task.type: preference), not a {task} task"
+    return None
