@@ -41,3 +41,38 @@ def test_serve_load_bench_reports_each_level_and_the_batching_ratio():
     assert [int(c) for c, *_ in levels] == [1, 4, 1, 4], out  # batched, then one at a time
     assert all(int(n) > 0 and int(failed) == 0 for *_, n, failed in levels), out
     assert re.search(r"batching ratio at 4 clients: [\d.]+x", out), out
+
+
+def test_data_prepare_bench_scores_pii_per_type_on_the_multi_country_fixture():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench/data_prepare.py"), "--modes", "pii", "--pii-items", "150"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    scores = {
+        kind: (float(recall), float(precision))
+        for kind, recall, precision in re.findall(r"PII (\w+): recall ([\d.]+) .*precision ([\d.]+)", out)
+    }
+    assert set(scores) == {"EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET"}, out
+    for kind, (recall, precision) in scores.items():
+        assert recall >= 0.95 and precision >= 0.99, (kind, out)
+    assert re.search(r"PII fixture: [\d,]+ planted values, [\d,]+ look-alikes", out), out
+
+
+def test_pii_fixture_plants_phones_of_every_country_in_national_and_international_format():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from data_prepare import PHONE_COUNTRIES, pii_fixture
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    import phonenumbers
+
+    phones = [value for _, kind, value in pii_fixture(300) if kind == "PHONE"]
+    international = [p for p in phones if p.startswith("+")]
+    # +1 numbers read as US; every other country shows up with its own country code.
+    regions = {phonenumbers.region_code_for_number(phonenumbers.parse(p, None)) for p in international}
+    assert len(PHONE_COUNTRIES) >= 10 and regions >= set(PHONE_COUNTRIES) - {"CA"}
+    national = [p for p in phones if not p.startswith("+")]
+    assert len(international) > 0.2 * len(phones) and len(national) > 0.2 * len(phones)

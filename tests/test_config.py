@@ -182,3 +182,11 @@ def test_a_test_file_takes_the_test_share_to_zero(tmp_path: Path):
     assert "set data.split.test to 0" in message
     # A config that went through a run (every default written out) loads the same again.
     assert config.derive(cfg, []).data.split == cfg.data.split
+
+
+def test_phone_regions_are_checked_at_load(project: Path):
+    cfg = config.load(project / "tuneloop.yaml", ["data.pii.phone_regions=[gb, de]"])
+    assert cfg.data.pii.phone_regions == ["GB", "DE"]
+    assert "GB" in config.load(project / "tuneloop.yaml").data.pii.phone_regions
+    message = load_error(project / "tuneloop.yaml", ["data.pii.phone_regions=[GB, UK]"])
+    assert "data.pii.phone_regions: unknown region UK" in message

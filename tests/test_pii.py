@@ -13,6 +13,18 @@ CAUGHT = [
     ("call (202) 555-0143 after 5", "PHONE"),
     ("or 202.555.0143", "PHONE"),
     ("UK office +44 20 7946 0958", "PHONE"),
+    # National formats outside the US (issue 20): found by libphonenumber for the configured regions.
+    ("London office 020 7946 0958, ask for Sam", "PHONE"),
+    ("my mobile is 07700 900123", "PHONE"),
+    ("Berlin: 030 12345678", "PHONE"),
+    ("Paris, appelez le 01 45 67 89 10 svp", "PHONE"),
+    ("Sydney mobile 0412 345 678", "PHONE"),
+    ("Madrid 91 123 45 67.", "PHONE"),
+    ("Mumbai mobile 98765 43210", "PHONE"),
+    ("São Paulo (11) 91234-5678", "PHONE"),
+    ("Tokyo 03-1234-5678", "PHONE"),
+    ("Roma 06 1234 5678", "PHONE"),
+    ("Amsterdam 020 123 4567", "PHONE"),
     ("card 4111 1111 1111 1111 exp 12/27", "CREDIT_CARD"),
     ("card 4111-1111-1111-1111", "CREDIT_CARD"),
     ("amex 3782 822463 10005", "CREDIT_CARD"),
@@ -43,6 +55,14 @@ LOOK_ALIKES = [
     "she was sk-ating with friends; hf_x and gh_pages",
     "name@localhost and @handle",
     "extension 5551234",
+    "order 58213947 and order #12345678 and INV-2024-001234",
+    "order 1234-5678-90 shipped",
+    "on 15/03/2024, 03.15.2024 and 2024-03-15 at 14:30:05",
+    "totals 1.234.567,89 €, $1,234,567 and 1 234 567,89 EUR",
+    "the amount was 1234567.89",
+    "tracking 1Z999AA10123456784 and 9400 1000 0000 0000 0000 00",
+    "ship to 90210-1234",
+    "ISBN 978-3-16-148410-0",
 ]
 
 
@@ -83,3 +103,14 @@ def test_type_subset_and_unknown_type():
     with pytest.raises(ValueError, match="unknown PII type NAME"):
         PiiScanner(["NAME"])
     assert set(PII_TYPES) == {"EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET"}
+
+
+def test_phone_regions_pick_the_national_formats():
+    only_us = PiiScanner(["PHONE"], phone_regions=["US"])
+    assert only_us.redact("Paris 01 45 67 89 10") == ("Paris 01 45 67 89 10", {})
+    # With its country code a number is found whatever the regions.
+    assert only_us.redact("Paris +33 1 45 67 89 10") == ("Paris [PHONE]", {"PHONE": 1})
+    assert only_us.redact("call (202) 555-0143") == ("call [PHONE]", {"PHONE": 1})
+    assert PiiScanner(["PHONE"], phone_regions=["FR"]).redact("01 45 67 89 10") == ("[PHONE]", {"PHONE": 1})
+    with pytest.raises(ValueError, match="unknown phone region XX"):
+        PiiScanner(phone_regions=["XX"])

@@ -33,6 +33,12 @@ RESOLVED_FILENAME = "config.resolved.yaml"
 # What data.pii finds (tuneloop.data.pii): pattern types, and the types a NER model finds.
 PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET")
 NER_TYPES: tuple[str, ...] = ("PERSON", "LOCATION")
+# Where national-format phone numbers are looked for (ISO 3166 codes, as libphonenumber names them):
+# North America, most of Western Europe, Australia and New Zealand, India, Brazil, Mexico, Japan.
+# A number written with its + country code is found whatever the list.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "CA", "GB", "IE", "DE", "AT", "CH", "FR", "BE", "NL", "ES", "PT", "IT", "AU", "NZ", "IN", "BR", "MX", "JP",
+)  # fmt: skip
 DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 
 TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
@@ -194,6 +200,11 @@ class PiiConfig(_Section):
         description="'redact' replaces each with a typed placeholder like [EMAIL]; 'detect' only counts.",
     )
     types: list[Literal[PII_TYPES]] = Field(default_factory=lambda: list(PII_TYPES))  # type: ignore[valid-type]
+    phone_regions: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PHONE_REGIONS),
+        description="Countries (ISO 3166 codes) whose national-format phone numbers are found, by libphonenumber; "
+        "a number with its + country code is found whatever the list.",
+    )
     ner: Literal["presidio", "off"] = Field(
         default="off",
         description="'presidio' also replaces names and places found by a spaCy NER model, through Presidio "
@@ -211,6 +222,17 @@ class PiiConfig(_Section):
     )
 
     _off = field_validator("mode", "ner", mode="before")(lambda v: _yaml_off(v))
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, regions: list[str]) -> list[str]:
+        import phonenumbers
+
+        regions = [r.upper() for r in regions]
+        unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown region {', '.join(unknown)}: use ISO 3166 codes libphonenumber knows (GB, DE)")
+        return regions
 
 
 class DedupConfig(_Section):

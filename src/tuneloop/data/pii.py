@@ -1,9 +1,11 @@
 """Find personal data and secrets in training text, and replace each with a typed placeholder.
 
 Patterns are paired with checksums where the format has one (Luhn for cards, ISO 13616 mod-97
-for IBANs, octet ranges for IPs), so look-alikes such as order numbers are left alone. Types are
-applied most-specific first and each replaced span becomes a placeholder the later patterns
-cannot match, so one string is never counted twice.
+for IBANs, octet ranges for IPs), so look-alikes such as order numbers are left alone. Phone numbers
+are found by libphonenumber (`phonenumbers`), in national format for each region of
+`data.pii.phone_regions` and with a + country code anywhere, and only when valid for that region.
+Types are applied most-specific first and each replaced span becomes a placeholder the later
+patterns cannot match, so one string is never counted twice.
 
 Names and places have no pattern: with `ner="presidio"` a spaCy NER pipeline run through Presidio
 finds them after the patterns, and they become `[PERSON]` and `[LOCATION]` the same way.
@@ -15,10 +17,11 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import DEFAULT_NER_MODEL, NER_TYPES, PII_TYPES, PiiConfig
+from tuneloop.config import DEFAULT_NER_MODEL, DEFAULT_PHONE_REGIONS, NER_TYPES, PII_TYPES, PiiConfig
 from tuneloop.errors import UserError
 
 NER_BACKENDS: tuple[str, ...] = ("off", "presidio")
@@ -53,15 +56,27 @@ _SSN = re.compile(r"\d{3}-\d{2}-\d{4}")
 _SSN_INVALID = re.compile(r"^(?:000|666|9\d\d)|^\d{3}-00|-0000$")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _IPV6 = re.compile(r"[0-9A-Fa-f]{0,4}:(?:[0-9A-Fa-f]{0,4}:){1,6}[0-9A-Fa-f]{0,4}")
-# A phone number needs a phone's shape: a leading + with groups, or US 3-3-4 with separators.
-# Plain digit runs (order numbers), dates and times do not have it.
-# Three patterns rather than one alternation: each starts with a literal or a class, which `re`
-# scans for quickly; the alternation was 3x slower on text without phone numbers.
-_PHONES = (
-    re.compile(r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"),
-    re.compile(r"\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"),
-    re.compile(r"\d{3}[ .-]\d{3}[ .-]\d{4}"),
+# Phones: a run of digits in phone punctuation (no letters, no slashes) with seven digits or more is
+# shown to libphonenumber's PhoneNumberMatcher, with a little context (it checks the characters around).
+_PHONE_RUN = re.compile(r"[+(]?\d[\d ().-]{5,}\d")
+# Shapes that are never phones, blanked out before runs are looked for: dates, times, SSNs, amounts (with
+# a currency, or with decimals). Each keeps its length, so positions in the text stay the same.
+_NOT_PHONES = re.compile(
+    r"(?<![\d.,/-])(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2}))(?!\d|[.,/-]\d)"
+    r"|\d{1,2}:\d{2}(?::\d{2})?"
+    r"|(?<![\d-])\d{3}-\d{2}-\d{4}(?!\d|-\d)"  # SSN-shaped, valid or not
+    r"|(?<![\d)-])(?<![\d)] )\d{5}-\d{4}(?!\d|-\d)"  # ZIP+4 (but not a Brazilian mobile after its area code)
+    r"|[$€£¥₹]\s?\d[\d,. ]*\d|\d[\d,. ]*\d\s?(?:[$€£¥₹]|(?:EUR|USD|GBP|CHF|AUD|CAD|INR|JPY)\b)"
+    r"|(?<![\d.,])\d+(?:[,. ]\d{3})*[.,]\d{2}(?!\d|[.,-]\d)"
 )
+_CONTEXT = (2, 4)  # characters before and after a run that the matcher sees
+# A number right after one of these words is an identifier, whatever its digits ("order 0412 345 678").
+_IDENTIFIER_WORDS = frozenset(
+    "order orders invoice inv po ref reference ticket case account acct customer client id tracking shipment "
+    "parcel sku item serial transaction txn confirmation booking reservation policy claim member isbn "
+    "bestellung bestellnummer rechnung kundennummer auftrag commande facture pedido factura ordine fattura".split()
+)
+_WORD_BEFORE = re.compile(r"([A-Za-zÀ-ÿ]+)\W{0,3}(?:(?:no|nr|number|num|nummer|numéro|n°)\.?\W{0,3})?$", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"\[(?:" + "|".join(PII_TYPES + NER_TYPES) + r")\]")
 # spaCy's entity labels behind each NER type. English (OntoNotes) pipelines say PERSON, GPE, LOC and
 # FAC (buildings, streets, airports: the parts of an address); most other languages say PER and LOC.
@@ -118,7 +133,7 @@ def _iban(m: re.Match) -> bool:
 
 def _card(m: re.Match) -> bool:
     digits = m.group(0).replace(" ", "").replace("-", "")
-    return _bounded(m, _DIGITS + "-wd", _DIGITS + "-wd") and luhn_valid(digits)
+    return _bounded(m, _DIGITS + "+-wd", _DIGITS + "-wd") and luhn_valid(digits)  # +4915... is a phone
 
 
 def _ssn(m: re.Match) -> bool:
@@ -128,7 +143,10 @@ def _ssn(m: re.Match) -> bool:
 def _ipv4(m: re.Match) -> bool:
     parts = m.group(0).split(".")
     ok = all(int(p) <= 255 and (p == "0" or not p.startswith("0")) for p in parts)
-    return ok and _bounded(m, _DIGITS + ".w", _DIGITS + ".w")
+    # A full stop may end the sentence after an address; ".5" would make it part of something longer.
+    text, end = m.string, m.end()
+    longer = end + 1 < len(text) and text[end] == "." and text[end + 1].isdigit()
+    return ok and not longer and _bounded(m, _DIGITS + ".w", _DIGITS + "w")
 
 
 def _ipv6(m: re.Match) -> bool:
@@ -141,15 +159,117 @@ def _ipv6(m: re.Match) -> bool:
     return True
 
 
-def _phone(m: re.Match) -> bool:
-    digits = sum(c.isdigit() for c in m.group(0))
-    return 10 <= digits <= 15 and _bounded(m, "+w", "w")
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+@lru_cache(maxsize=1 << 16)
+def _phones_in(window: str, regions: tuple[str, ...], grouped: bool) -> tuple[tuple[int, int], ...]:
+    """Spans of valid phone numbers in `window`, trying `regions` in order until every digit is covered.
+
+    `grouped` also asks that the digits be grouped the way the region writes its numbers (libphonenumber's
+    STRICT_GROUPING), for a run with no trunk prefix, + or parentheses to show it is a phone: "98765 43210"
+    is an Indian mobile, "1234-5678-90" an order number. Cached: the same number tends to recur in a data
+    set (a company's hotline, a customer's mobile).
+    """
+    from phonenumbers import Leniency, PhoneNumberMatcher
+
+    leniency = Leniency.STRICT_GROUPING if grouped else Leniency.VALID
+    found: set[tuple[int, int]] = set()
+    want = len(_digits(window))
+    for region in regions:
+        # Seven digits at least: some regions' short numbers (four digits in Germany) are valid too.
+        found |= {
+            (m.start, m.end)
+            for m in PhoneNumberMatcher(window, region, leniency=leniency)
+            if len(_digits(m.raw_string)) >= 7
+        }
+        if any(len(_digits(window[a:b])) == want for a, b in found):
+            break  # one number covers the whole run: no other region can do better
+    spans: list[tuple[int, int]] = []
+    for start, end in sorted(found, key=lambda s: s[0] - s[1]):  # longest first; a shorter overlap loses
+        if not any(start < b and a < end for a, b in spans):
+            spans.append((start, end))
+    return tuple(sorted(spans))
+
+
+class PhoneFinder:
+    """Valid phone numbers: national format in any of `regions`, or international (+ country code)."""
+
+    def __init__(self, regions: Iterable[str] = DEFAULT_PHONE_REGIONS) -> None:
+        import phonenumbers
+        from phonenumbers import PhoneMetadata
+
+        self.regions = tuple(r.upper() for r in regions)
+        unknown = [r for r in self.regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone region {', '.join(unknown)}; use ISO 3166 codes such as GB, DE, IN")
+        # Per region, its national prefix and the pattern every one of its numbers matches (the
+        # library's metadata): a cheap test of which regions a run could belong to at all, so the
+        # matcher (about a millisecond per region) only runs where it can succeed.
+        self._shapes = []
+        for region in self.regions:
+            meta = PhoneMetadata.metadata_for_region(region)
+            shape = re.compile(meta.general_desc.national_number_pattern)
+            self._shapes.append((region, meta.national_prefix or "", shape))
+
+    def _candidate_regions(self, run: str, digits: str) -> tuple[str, ...]:
+        if run.startswith("+"):
+            return self.regions[:1] or ("ZZ",)  # any region's matcher reads a + country code
+        if digits.startswith("00"):
+            return self.regions  # an international call prefix: which one depends on the region
+        regions = []
+        for region, prefix, shape in self._shapes:
+            national = digits[len(prefix) :] if prefix and digits.startswith(prefix) else None
+            if shape.fullmatch(digits) or (national and shape.fullmatch(national)):
+                regions.append(region)
+        return tuple(regions)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of each phone number in `text`."""
+        found = []
+        for outer in _PHONE_RUN.finditer(text):
+            if sum(ch.isdigit() for ch in outer.group(0)) < 7:
+                continue
+            # Dates, times and amounts are blanked out around the run only: over the whole text the
+            # pattern cost more than everything else PII does.
+            lo = max(0, outer.start() - 3)
+            piece = _NOT_PHONES.sub(lambda m: "_" * len(m.group(0)), text[lo : outer.end() + 5])
+            for inner in _PHONE_RUN.finditer(piece):
+                start, end = lo + inner.start(), lo + inner.end()
+                if end <= outer.end():
+                    found += self._numbers(text, start, end)
+        return found
+
+    def _numbers(self, text: str, start: int, end: int) -> list[tuple[int, int]]:
+        run = text[start:end]
+        digits = _digits(run)
+        # More than 15 digits is no single phone number (E.164's limit): a tracking or card number.
+        if not 7 <= len(digits) <= 15 or _part_of_an_identifier(text, start, end):
+            return []
+        regions = self._candidate_regions(run, digits)
+        if not regions:
+            return []
+        lo, hi = max(0, start - _CONTEXT[0]), min(len(text), end + _CONTEXT[1])
+        return [(lo + a, lo + b) for a, b in _phones_in(text[lo:hi], regions, run[0] not in "0+(")]
+
+
+def _part_of_an_identifier(text: str, start: int, end: int) -> bool:
+    """`#1234567`, `INV-2024-001234`, `v10.2.3`, `order no. 0412 345 678`: digits of a code, not a phone number."""
+    before = text[start - 1] if start else ""
+    if before == "#" or before.isalpha() or (before in "-/_" and start > 1 and text[start - 2].isalnum()):
+        return True
+    if end + 1 < len(text) and text[end] in "-/_" and text[end + 1].isalpha():
+        return True
+    word = _WORD_BEFORE.search(text, max(0, start - 40), start)
+    return word is not None and word.group(1).lower() in _IDENTIFIER_WORDS
 
 
 _DIGIT = re.compile(r"\d")
-# Cards (13+ digits) and phones (10+) both need ten digits with at most three other characters
-# between neighbours; most text that has digits at all (dates, order numbers) has no such run.
+# Cards (13+ digits) need ten digits with at most three other characters between neighbours, and
+# phones seven; most text that has digits at all has no such run.
 _TEN_DIGITS = re.compile(r"\d(?:\D{0,3}\d){9}")
+_SEVEN_DIGITS = re.compile(r"\d(?:\D{0,3}\d){6}")
 _DIGIT_DOT_DIGIT = re.compile(r"\d\.\d")
 _SECRET_HINT = re.compile("|".join(re.escape(h) for h in _SECRET_HINTS))
 
@@ -163,8 +283,10 @@ def _features(text: str) -> frozenset[str]:
             found.add("dash")
         if "." in text and _DIGIT_DOT_DIGIT.search(text):
             found.add("dot")
-        if _TEN_DIGITS.search(text):
-            found.add("ten_digits")
+        if _SEVEN_DIGITS.search(text):
+            found.add("seven_digits")
+            if _TEN_DIGITS.search(text):
+                found.add("ten_digits")
     if "@" in text:
         found.add("at")
     if text.count(":") >= 2:
@@ -183,7 +305,6 @@ _RULES: tuple[tuple[str, re.Pattern, Callable[[re.Match], bool], str], ...] = (
     ("SSN", _SSN, _ssn, "dash"),
     ("IP_ADDRESS", _IPV4, _ipv4, "dot"),
     ("IP_ADDRESS", _IPV6, _ipv6, "colons"),
-    *(("PHONE", pattern, _phone, "ten_digits") for pattern in _PHONES),
 )
 
 
@@ -201,6 +322,7 @@ class PiiScanner:
         ner: str = "off",
         ner_model: str = DEFAULT_NER_MODEL,
         ner_types: Iterable[str] = NER_TYPES,
+        phone_regions: Iterable[str] = DEFAULT_PHONE_REGIONS,
     ) -> None:
         chosen = list(types)
         unknown = [t for t in chosen if t not in PII_TYPES]
@@ -210,6 +332,7 @@ class PiiScanner:
             raise ValueError(f"unknown NER backend {ner!r}; valid: {', '.join(NER_BACKENDS)}")
         self.types = frozenset(chosen)
         self._rules = [rule for rule in _RULES if rule[0] in self.types]
+        self.phones = PhoneFinder(phone_regions) if "PHONE" in self.types else None
         # Built here, not per text: loading a pipeline takes seconds, and prepare's forked workers inherit it.
         self.ner = PresidioNer(ner_model, ner_types) if ner == "presidio" else None
 
@@ -219,7 +342,7 @@ class PiiScanner:
         model = pii.ner_model
         if root is not None and (root / model).is_dir():  # a pipeline folder beside the config
             model = str(root / model)
-        return cls(pii.types, ner=pii.ner, ner_model=model, ner_types=pii.ner_types)
+        return cls(pii.types, ner=pii.ner, ner_model=model, ner_types=pii.ner_types, phone_regions=pii.phone_regions)
 
     def redact(self, text: str, ner: bool = True) -> tuple[str, Counter[str]]:
         """Replace each PII span with `[TYPE]`; return the new text and the count per type.
@@ -241,9 +364,20 @@ class PiiScanner:
                 return f"[{name}]"
 
             text = pattern.sub(replace, text)
+        if self.phones is not None and "seven_digits" in features:  # last: the most look-alikes
+            text = self._redact_phones(text, counts)
         if self.ner is not None and ner:
             text = self.ner.redact(text, counts)
         return text, counts
+
+    def _redact_phones(self, text: str, counts: Counter[str]) -> str:
+        assert self.phones is not None
+        out, pos = [], 0
+        for start, end in self.phones.spans(text):
+            out += [text[pos:start], "[PHONE]"]
+            counts["PHONE"] += 1
+            pos = end
+        return "".join(out) + text[pos:] if out else text
 
     def detect(self, text: str, ner: bool = True) -> Counter[str]:
         """Count PII per type without changing the text."""
