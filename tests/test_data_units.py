@@ -108,3 +108,24 @@ def test_a_systemic_row_error_stays_systemic_across_processes():
     again = pickle.loads(pickle.dumps(RowError("no chat template", systemic=True)))
     assert str(again) == "no chat template" and again.systemic
     assert not pickle.loads(pickle.dumps(RowError("bad row"))).systemic
+
+
+def test_a_tiny_data_set_still_gets_a_row_in_every_split():
+    fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
+    # Twelve rows whose hashes alone put none in val (found by search, fixed by the seed).
+    keys = next(
+        ks
+        for start in range(0, 12_000, 12)
+        if not _hash_only_has(ks := list(range(start, start + 12)), "val", fractions, 5)
+    )
+    splits = assign_splits([str(k) for k in keys], keys, fractions, seed=5)
+    assert Counter(splits)["val"] == 1 and Counter(splits)["test"] >= 1
+    # Larger data never needs it: every row is where its own hash puts it.
+    many = list(range(500))
+    assert assign_splits([str(k) for k in many], many, fractions, seed=5) == [
+        assign_splits(["x"], [k], fractions, seed=5)[0] for k in many
+    ]
+
+
+def _hash_only_has(keys: list[int], name: str, fractions: dict[str, float], seed: int) -> bool:
+    return any(assign_splits(["x"], [k], fractions, seed)[0] == name for k in keys)

@@ -17,6 +17,10 @@ What that guarantees, and what it does not:
 - Stratification for classification holds in expectation: the hash does not see the label, so each
   label is split in the configured shares up to sampling noise (about √n rows), and correcting a
   label never moves a row. Split sizes follow the shares the same way, not to the row.
+- A data set so small that the hash leaves a split with a share empty (a dozen rows) gets the
+  group nearest to that split's interval moved into it, so a sample project still has a validation
+  and a test row. That group can move back once the data grows; from a few dozen rows on, this
+  practically never happens.
 """
 
 from __future__ import annotations
@@ -57,4 +61,22 @@ def assign_splits(groups: list[str], keys: list[int], fractions: dict[str, float
         return next((name for name, bound in zip(names, bounds, strict=True) if at < bound), names[-1])
 
     chosen = {group: split_of(key) for group, key in group_key.items()}
+    if len(group_key) >= len(names):
+        _fill_empty_splits(chosen, group_key, names, bounds, seed)
     return [chosen[group] for group in groups]
+
+
+def _fill_empty_splits(
+    chosen: dict[str, str], group_key: dict[str, int], names: list[str], bounds: list[float], seed: int
+) -> None:
+    """Move into each empty split the group whose place is nearest its interval (only tiny data sets)."""
+    for i, name in enumerate(names):
+        if name in chosen.values():
+            continue
+        low, high = (bounds[i - 1] if i else 0.0), bounds[i]
+        sizes = {n: sum(1 for s in chosen.values() if s == n) for n in names}
+        movable = [g for g, s in chosen.items() if sizes[s] > 1]
+        if movable:
+            places = {g: position(group_key[g], seed) for g in movable}
+            nearest = min(movable, key=lambda g: (max(low - places[g], places[g] - high), group_key[g]))
+            chosen[nearest] = name
