@@ -128,6 +128,15 @@ def test_usage_n_and_length_finish(server: Server) -> None:
         assert {c.finish_reason for c in reply.choices} == {"length"}
 
 
+def test_completions_take_several_prompts_with_n_choices_each(server: Server) -> None:
+    prompts = ["Refunds are", "Go to Settings, then"]
+    reply = server.client().completions.create(model="a", prompt=prompts, n=2, max_tokens=4, temperature=0)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    assert reply.choices[0].text == reply.choices[1].text  # greedy: both choices of a prompt agree
+    tokenizer = server.models.tokenizer
+    assert reply.usage.prompt_tokens == sum(len(tokenizer(p).input_ids) for p in prompts)
+
+
 def test_same_seed_same_sample(server: Server) -> None:
     client = server.client()
 

@@ -228,12 +228,20 @@ def load(p: Plan) -> ModelSet:
     from tuneloop.models import load_causal_lm, load_tokenizer, resolve
 
     lm, tokenizer = load_causal_lm(p.base, p.dtype, p.trust_remote_code, p.revision)
+    if _cuda():
+        lm.to("cuda")  # serve on the GPU when there is one (adapters loaded later follow their base layers)
     models = ModelSet(lm, tokenizer, resolve(p.base, p.revision), p.trust_remote_code)
     base_tokenizer = load_tokenizer(p.tokenizer, p.trust_remote_code) if p.tokenizer else tokenizer
     models.add_base(p.base_name, base_tokenizer, p.base)
     for adapter_name, adapter_run in p.adapters.items():
         models.add_adapter(adapter_name, adapter_run)
     return models
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _display_name(model: str) -> str:
