@@ -190,3 +190,10 @@ def test_phone_regions_are_checked_at_load(project: Path):
     assert "GB" in config.load(project / "tuneloop.yaml").data.pii.phone_regions
     message = load_error(project / "tuneloop.yaml", ["data.pii.phone_regions=[GB, UK]"])
     assert "data.pii.phone_regions: unknown region UK" in message
+
+
+def test_a_train_metric_that_is_not_measured_is_located(project: Path):
+    message = load_error(project / "tuneloop.yaml", ["train.metric=rougel", "train.eval_metrics=[rougeL]"])
+    assert "--set train.metric=rougel: train.metric: 'rougel' is not measured during training" in message
+    assert "did you mean 'rougeL'?" in message
+    assert config.load(project / "tuneloop.yaml", ["train.metric=rougeL", "train.eval_metrics=[rougeL]"])

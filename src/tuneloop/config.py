@@ -33,12 +33,7 @@ RESOLVED_FILENAME = "config.resolved.yaml"
 # What data.pii finds (tuneloop.data.pii): pattern types, and the types a NER model finds.
 PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET")
 NER_TYPES: tuple[str, ...] = ("PERSON", "LOCATION")
-# Where national-format phone numbers are looked for (ISO 3166 codes, as libphonenumber names them):
-# North America, most of Western Europe, Australia and New Zealand, India, Brazil, Mexico, Japan.
-# A number written with its + country code is found whatever the list.
-DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
-    "US", "CA", "GB", "IE", "DE", "AT", "CH", "FR", "BE", "NL", "ES", "PT", "IT", "AU", "NZ", "IN", "BR", "MX", "JP",
-)  # fmt: skip
+DEFAULT_PHONE_REGIONS = config_rules.DEFAULT_PHONE_REGIONS  # where national-format phone numbers are looked for
 DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 
 TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
@@ -202,8 +197,7 @@ class PiiConfig(_Section):
     types: list[Literal[PII_TYPES]] = Field(default_factory=lambda: list(PII_TYPES))  # type: ignore[valid-type]
     phone_regions: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PHONE_REGIONS),
-        description="Countries (ISO 3166 codes) whose national-format phone numbers are found, by libphonenumber; "
-        "a number with its + country code is found whatever the list.",
+        description="Countries (ISO 3166) whose national-format phone numbers are found; +country code: any.",
     )
     ner: Literal["presidio", "off"] = Field(
         default="off",
@@ -223,16 +217,7 @@ class PiiConfig(_Section):
 
     _off = field_validator("mode", "ner", mode="before")(lambda v: _yaml_off(v))
 
-    @field_validator("phone_regions")
-    @classmethod
-    def _known_regions(cls, regions: list[str]) -> list[str]:
-        import phonenumbers
-
-        regions = [r.upper() for r in regions]
-        unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
-        if unknown:
-            raise ValueError(f"unknown region {', '.join(unknown)}: use ISO 3166 codes libphonenumber knows (GB, DE)")
-        return regions
+    _regions = field_validator("phone_regions")(lambda regions: config_rules.known_phone_regions(regions))
 
 
 class DedupConfig(_Section):
@@ -289,11 +274,6 @@ class DataConfig(_Section):
     @classmethod
     def _own_files_take_no_share(cls, value: Any) -> Any:
         return config_rules.own_files_take_no_share(value, {"val": SplitConfig().val, "test": SplitConfig().test})
-
-    @model_validator(mode="after")
-    def _no_share_beside_own_file(self) -> DataConfig:
-        config_rules.raise_located(config_rules.shares_beside_own_files(self), "DataConfig")
-        return self
 
 
 class LoraConfig(_Section):
@@ -390,19 +370,6 @@ class TrainConfig(_Section):
     seed: int = 42
 
     _known_eval_metrics = field_validator("eval_metrics")(lambda metrics: _check_metric_names(metrics))
-
-    @model_validator(mode="after")
-    def _metric_is_measured(self) -> TrainConfig:
-        measured = ["loss", "token_accuracy", *self.eval_metrics] + (["general_perplexity"] * self.track_forgetting)
-        if self.metric not in measured:
-            close = difflib.get_close_matches(self.metric, [*measured, *METRICS, "general_perplexity"], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"train.metric {self.metric!r} is not measured during training{hint} Choose from "
-                f"{', '.join(measured)}; add a task metric to train.eval_metrics, or set train.track_forgetting "
-                "for general_perplexity"
-            )
-        return self
 
 
 class ForgettingConfig(_Section):
@@ -537,9 +504,10 @@ class ProjectConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _metrics_can_be_computed(self) -> ProjectConfig:
-        """A metric the project cannot compute fails now, not after training or generation."""
-        config_rules.raise_located(config_rules.uncomputable_metrics(self), "ProjectConfig")
+    def _cross_section_rules(self) -> ProjectConfig:
+        """Metrics it cannot compute, shares beside your own files: fail now, not after training or generation."""
+        problems = config_rules.shares_beside_own_files(self.data) + config_rules.unmeasured_train_metric(self, METRICS)
+        config_rules.raise_located(problems + config_rules.uncomputable_metrics(self), "ProjectConfig")
         return self
 
     @property

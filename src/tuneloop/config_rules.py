@@ -7,6 +7,7 @@ YAML (or at its --set), together with every other mistake in the file.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,6 +16,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 Problem = tuple[tuple[str, ...], str, Any]  # (key path, what is wrong and what to do, the value)
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
 OWN_FILES = ("val", "test")  # splits you can bring as a file instead of a share of the data
+# Where national-format phone numbers are looked for (ISO 3166 codes, as libphonenumber names them):
+# North America, most of Western Europe, Australia and New Zealand, India, Brazil, Mexico, Japan.
+# A number written with its + country code is found whatever the list.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "CA", "GB", "IE", "DE", "AT", "CH", "FR", "BE", "NL", "ES", "PT", "IT", "AU", "NZ", "IN", "BR", "MX", "JP",
+)  # fmt: skip
 
 
 def raise_located(problems: list[Problem], title: str) -> None:
@@ -55,8 +62,34 @@ def shares_beside_own_files(data: Any) -> list[Problem]:
                 f"a second {name} set that is never used; set data.split.{name} to 0 (or leave it out) and give "
                 "its share to train"
             )
-            problems.append((("split", name), why, share))
+            problems.append((("data", "split", name), why, share))
     return problems
+
+
+def known_phone_regions(regions: list[str]) -> list[str]:
+    """`data.pii.phone_regions`, upper-cased, each a region libphonenumber has metadata for."""
+    import phonenumbers
+
+    regions = [r.upper() for r in regions]
+    unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown:
+        raise ValueError(f"unknown region {', '.join(unknown)}: use ISO 3166 codes libphonenumber knows (GB, DE)")
+    return regions
+
+
+def unmeasured_train_metric(cfg: Any, known: tuple[str, ...]) -> list[Problem]:
+    """train.metric must be measured at every evaluation: loss, token accuracy, an eval metric or forgetting."""
+    train = cfg.train
+    measured = ["loss", "token_accuracy", *train.eval_metrics] + (["general_perplexity"] * train.track_forgetting)
+    if train.metric in measured:
+        return []
+    close = difflib.get_close_matches(train.metric, [*measured, *known, "general_perplexity"], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    why = (
+        f"{train.metric!r} is not measured during training{hint} Choose from {', '.join(measured)}; add a task "
+        "metric to train.eval_metrics, or set train.track_forgetting for general_perplexity"
+    )
+    return [(("train", "metric"), why, train.metric)]
 
 
 def uncomputable_metrics(cfg: Any) -> list[Problem]:
