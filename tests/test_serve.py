@@ -146,6 +146,9 @@ def test_same_seed_same_sample(server: Server) -> None:
 
     assert sample(11) == sample(11)
     assert len({sample(s) for s in (1, 2, 3, 4)}) > 1  # the seed is used: different seeds differ
+    # Extreme values are answers, not a failed batch: a huge seed, a vanishing temperature (greedy).
+    odd = client.chat.completions.create(model="a", messages=CHAT, temperature=1e-300, max_tokens=12, seed=2**70)
+    assert odd.choices[0].message.content == _greedy(client, "a").choices[0].message.content
 
 
 def test_stop_strings_cut_before_the_stop(server: Server) -> None:

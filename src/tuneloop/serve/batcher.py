@@ -34,6 +34,7 @@ from tuneloop.serve.reqlog import FinishReason
 
 log = logging.getLogger("tuneloop.serve")
 T = TypeVar("T")
+MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (OpenAI: temperature 0 is greedy)
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,8 @@ def choose(logits: Any, rows: Sequence[Row], generators: Sequence[Any]) -> list[
     tokens = logits.argmax(-1).tolist()
     for j, row in enumerate(rows):
         s = row.sampling
-        if s.temperature <= 0:
-            continue
+        if s.temperature < MIN_TEMPERATURE:
+            continue  # greedy; dividing by a vanishing temperature would overflow to inf
         probs = torch.softmax(logits[j].float() / s.temperature, dim=-1)
         if s.top_p < 1.0:
             ordered, order = probs.sort(descending=True)

@@ -221,7 +221,8 @@ def build_job(
     for p, prompt in enumerate(prompts):
         for i in range(body.n):
             index = p * body.n + i
-            sampling = Sampling(body.temperature, body.top_p, max_tokens, tuple(body.stop_list()), base_seed + i)
+            seed = (base_seed + i) % 2**64  # any JSON integer becomes a seed torch accepts
+            sampling = Sampling(body.temperature, body.top_p, max_tokens, tuple(body.stop_list()), seed)
             stream = TextStream(entry.tokenizer, sampling.stop)
             job.rows.append(Row(index, prompt, sampling, entry.adapter, stream, entry.stop_ids, emit))
     job.texts, job.tokens, job.reasons = [""] * len(job.rows), [0] * len(job.rows), [None] * len(job.rows)
