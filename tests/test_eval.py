@@ -65,8 +65,8 @@ def test_completion_nll_is_the_training_loss(trained: tuple[Path, Path]) -> None
     """Test perplexity measures the same tokens, the same way, as validation loss."""
     import torch
 
+    from tuneloop.data.batching import Collator
     from tuneloop.data.prepared import load_split
-    from tuneloop.train.batching import Collator
     from tuneloop.train.sft import load_model, render_split, token_loss
 
     path, _ = trained

@@ -39,7 +39,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from tuneloop.config import ProjectConfig
 from tuneloop.train import methods
-from tuneloop.train.batching import Collator
+from tuneloop.data.batching import Collator
 from tuneloop.train.sft import token_loss
 
 def status(field):

@@ -16,10 +16,10 @@ import torch
 
 from tests.train_helpers import adapter_weights, chat_rows, losses, make_train_project, sigterm_at_training_step
 from tuneloop import config
+from tuneloop.data.batching import Collator, choose_layout
 from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint, sft
-from tuneloop.train.batching import Collator, choose_layout
 
 # First 10 losses of the reference recipe (make_train_project defaults) on CPU, fp32. A change here
 # means training numerics changed: check why before re-pinning.

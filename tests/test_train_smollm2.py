@@ -10,11 +10,11 @@ import pytest
 
 from tests.train_helpers import make_train_project
 from tuneloop import config
+from tuneloop.data.batching import IGNORE, Collator
 from tuneloop.data.formats import Example
 from tuneloop.data.render import Renderer
 from tuneloop.models import load_tokenizer, resolve
 from tuneloop.train import sft
-from tuneloop.train.batching import IGNORE, Collator
 
 pytestmark = pytest.mark.slow
 

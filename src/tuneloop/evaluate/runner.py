@@ -156,8 +156,8 @@ def completion_nll(
     import torch
     import torch.nn.functional as F
 
+    from tuneloop.data.batching import Collator
     from tuneloop.data.render import Renderer
-    from tuneloop.train.batching import Collator
 
     renderer = Renderer(tokenizer)
     items = []

@@ -1,1 +1,1 @@
-"""Training recipes: sft (supervised fine-tuning); shared batching, methods, checkpoints, callbacks."""
+"""Training recipes: sft (supervised fine-tuning); methods, checkpoints, callbacks."""

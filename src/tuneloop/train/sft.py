@@ -27,11 +27,11 @@ from typing import Any
 
 from tuneloop import console
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
+from tuneloop.data.batching import IGNORE, Collator, choose_layout
 from tuneloop.data.formats import Example, RowError
 from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
-from tuneloop.train.batching import IGNORE, Collator, choose_layout
 from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, OverfitAlarm, Progress
 from tuneloop.train.guards import NonFiniteError, StepGuard, non_finite_message
 
