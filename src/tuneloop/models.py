@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.config import ProjectConfig
 from tuneloop.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -545,3 +546,22 @@ def load_encoder(name: str = DEFAULT_ENCODER, trust_remote_code: bool = False) -
     model = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
     model.eval()
     return model, tokenizer
+
+
+def quantization_config(cfg: ProjectConfig, compute_dtype: Any) -> Any:
+    """bitsandbytes 4-bit settings for qlora."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise UserError("method.name=qlora needs bitsandbytes: pip install bitsandbytes") from e
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.method.quant
+    dtype = compute_dtype if q.compute_dtype == "auto" else getattr(torch, q.compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+    )

@@ -109,7 +109,7 @@ def _load_base(run_cfg: ProjectConfig, four_bit: bool) -> Any:
         import torch
 
         # The same 4-bit settings the run trained with (its method.quant section).
-        from tuneloop.train.methods import quantization_config
+        from tuneloop.models import quantization_config
 
         extra = {"quantization_config": quantization_config(run_cfg, torch.float32), "device_map": {"": "cpu"}}
     m = run_cfg.model

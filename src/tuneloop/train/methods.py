@@ -56,25 +56,6 @@ def lora_targets(cfg: ProjectConfig, model_type: str) -> list[str] | str:
     return list(targets)
 
 
-def quantization_config(cfg: ProjectConfig, compute_dtype: Any) -> Any:
-    """bitsandbytes 4-bit settings for qlora."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as e:
-        raise UserError("method.name=qlora needs bitsandbytes: pip install bitsandbytes") from e
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    q = cfg.method.quant
-    dtype = compute_dtype if q.compute_dtype == "auto" else getattr(torch, q.compute_dtype)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=q.quant_type,
-        bnb_4bit_use_double_quant=q.double_quant,
-        bnb_4bit_compute_dtype=dtype,
-    )
-
-
 def peft_config(cfg: ProjectConfig, model_type: str) -> Any:
     """The PEFT config for the method, or None for full fine-tuning."""
     import peft

@@ -202,8 +202,7 @@ def load_model(cfg: ProjectConfig) -> tuple[Any, Any]:
     """Base model (4-bit for qlora) and tokenizer, in train-ready dtype."""
     import torch
 
-    from tuneloop.models import load_causal_lm
-    from tuneloop.train.methods import quantization_config
+    from tuneloop.models import load_causal_lm, quantization_config
 
     extra: dict[str, Any] = {}
     dtype = cfg.model.dtype
