@@ -461,9 +461,7 @@ class ExportConfig(_Section):
     max_abs_diff: float = Field(
         default=1e-4, gt=0, description="Largest logit difference allowed for the float32 safetensors export."
     )
-    # The GGUF limits are a few times the largest difference measured on SmolLM2-135M with a LoRA merged in
-    # (tests/test_export_smollm2.py prints it), for room on other prompts; a broken conversion (unpermuted
-    # rotary rows, a misplaced tensor) misses by far more, and loses top-1 agreement with it.
+    # GGUF limits: a few times what SmolLM2 with a merged LoRA measures (README: Deploy); broken files miss by far more.
     f16_max_abs_diff: float = Field(default=0.5, gt=0, description="Largest logit difference allowed for GGUF f16.")
     q8_0_max_abs_diff: float = Field(default=3.0, gt=0, description="Largest logit difference allowed for GGUF q8_0.")
     f16_min_top1: float = Field(
