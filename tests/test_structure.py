@@ -67,3 +67,18 @@ def test_a_planted_breach_breaks_its_contract(tmp_path: Path, module: str, plant
     assert result.returncode != 0
     broken = [line for line in result.stdout.splitlines() if line.endswith("BROKEN")]
     assert any(line.startswith(contract) for line in broken), result.stdout
+
+
+def test_training_without_the_evaluation_hook_refuses_generation_metrics(tmp_path: Path, tiny_llama: Path) -> None:
+    """Training never imports the evaluation stage: its caller passes the evaluator in, and a run that
+    asks for metrics on generated answers without one stops before loading anything."""
+    from tests.train_helpers import make_train_project
+    from tuneloop import config
+    from tuneloop.errors import UserError
+    from tuneloop.train import sft
+
+    path = make_train_project(tmp_path, tiny_llama)
+    cfg = config.load(path, overrides=["train.eval_metrics=[rougeL]", "train.metric=rougeL"])
+    with pytest.raises(UserError, match=r"train\(evaluator=tuneloop\.evaluate\.runner\.training_evaluator\)"):
+        sft.train(cfg)
+    assert not (cfg.path(cfg.output.dir)).exists()  # no run folder was started
