@@ -443,3 +443,17 @@ def test_serving_smollm2_answers_what_evaluation_generates() -> None:
     assert [r.message.content.strip() for r in replies] == [g.text for g in expected]
     assert [r.finish_reason == "stop" for r in replies] == [g.stopped for g in expected]
     assert "Paris" in replies[0].message.content
+
+
+def test_an_exported_folder_answers_like_the_run_it_came_from(server: Server, tmp_path: Path) -> None:
+    """`tuneloop export` writes a merged folder; `serve --model` on it answers what the run's adapter does."""
+    from tuneloop import config
+    from tuneloop.export import export_run
+
+    run = server.runs["a"]
+    result = export_run(config.load(run.parent.parent / "tuneloop.yaml"), run, ["safetensors"], out=tmp_path / "x")
+    models = adapters.load(adapters.plan(str(result.out), name="merged"))
+    with running(create_app(models)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        merged = _greedy(client, "merged", max_tokens=16)
+    assert merged.choices[0].message.content == _greedy(server.client(), "a", max_tokens=16).choices[0].message.content
