@@ -161,6 +161,20 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(
         default=False, description="Run Python code shipped with a hub model. Off unless you trust it."
     )
+    chat_template: str | None = Field(
+        default=None,
+        description="The chat template to render conversations with: chatml, llama3, mistral, gemma, phi3, or a "
+        "path to a Jinja file (relative to the config file). Used when the model has none, and instead of the "
+        "model's own when set. Unset, the model's own is used; a model without one trains prompt/completion "
+        "rows as plain text.",
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("give a template name (chatml, llama3, mistral, gemma, phi3) or a Jinja file's path")
+        return value
 
 
 class SplitConfig(_Section):

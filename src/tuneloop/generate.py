@@ -17,8 +17,12 @@ class Generation:
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends a turn: the tokenizer's EOS plus the generation config's (often <|im_end|>)."""
-    ids = {tokenizer.eos_token_id}
+    """Every id that ends a turn: the tokenizer's EOS, the chat template's end-of-turn token (the one
+    training taught, e.g. <end_of_turn> from model.chat_template on a base model) and the generation
+    config's."""
+    from tuneloop.data.render import Renderer
+
+    ids = {tokenizer.eos_token_id, Renderer(tokenizer).end_of_turn_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
     return sorted(i for i in ids if i is not None)
@@ -65,8 +69,6 @@ def generate_batch(
     from tuneloop.data.render import Renderer
     from tuneloop.errors import UserError
 
-    if tokenizer.chat_template is None:
-        raise UserError("this model's tokenizer has no chat template; pick an instruct/chat model")
     try:
         renderer = Renderer(tokenizer)
         prompts = [renderer.prompt_ids(list(c)) for c in conversations]
@@ -155,6 +157,7 @@ def generate_vllm(
     Prompts are the same token ids `generate_batch` uses (the shared Renderer), passed to vLLM as
     token prompts, so neither backend re-applies a chat template of its own.
     """
+    from tuneloop.data.formats import RowError
     from tuneloop.data.render import Renderer
     from tuneloop.errors import UserError
 
@@ -178,8 +181,11 @@ def generate_vllm(
             seed=seed,
         )
     engine = _VLLM_ENGINES[key]
-    renderer = Renderer(tokenizer)
-    prompts = [TokensPrompt(prompt_token_ids=renderer.prompt_ids(list(c))) for c in conversations]
+    try:
+        renderer = Renderer(tokenizer)
+        prompts = [TokensPrompt(prompt_token_ids=renderer.prompt_ids(list(c))) for c in conversations]
+    except RowError as e:
+        raise UserError(f"cannot render the prompt: {e}") from None
     params = SamplingParams(
         temperature=temperature,
         max_tokens=max_new_tokens,

@@ -28,29 +28,47 @@ _CORPUS = [
 ]
 
 
-def make_tokenizer(vocab_size: int = 384):
-    """A byte-level BPE tokenizer trained on a few sentences, with ChatML special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def make_tokenizer(
+    vocab_size: int = 384,
+    *,
+    special_tokens: list[str] | None = None,
+    bos: str | None = "<|im_start|>",
+    eos: str = "<|im_end|>",
+    pad: str | None = None,
+    unk: str = "<|endoftext|>",
+    add_bos: bool = False,
+    chat_template: str | None = CHATML_TEMPLATE,
+    extra_text: list[str] | None = None,
+):
+    """A byte-level BPE tokenizer trained on a few sentences (plus `extra_text`), with ChatML special tokens.
+
+    The keywords build other families' tokenizers for tests: their special tokens, BOS/EOS/PAD,
+    a post-processor that adds BOS (`add_bos`, as Llama and Gemma tokenizers do), and a chat
+    template or none (a base model's tokenizer).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    specials = special_tokens or SPECIAL_TOKENS
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    bpe.train_from_iterator((_CORPUS + (extra_text or [])) * 4, trainer=trainer)
+    if add_bos and bos is not None:
+        bos_id = bpe.token_to_id(bos)
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-        unk_token="<|endoftext|>",
+        tokenizer_object=bpe, bos_token=bos, eos_token=eos, pad_token=pad or eos, unk_token=unk
     )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 

@@ -95,10 +95,10 @@ def inspect(
     from rich.text import Text
 
     from tuneloop import console
+    from tuneloop.data.chat_templates import project_tokenizer
     from tuneloop.data.formats import Example, RowError
     from tuneloop.data.render import Renderer, mark_trained
     from tuneloop.errors import UserError
-    from tuneloop.models import load_tokenizer, resolve
 
     cfg = load_config(config_path, overrides)
     examples = _examples(cfg, split, raw)
@@ -108,7 +108,7 @@ def inspect(
     chosen: list[Example] = list(itertools.islice(examples, len(ids) if ids else n))
     if not chosen:
         raise UserError("no examples to show" + (f" with id {', '.join(ids)}" if ids else ""))
-    tokenizer = load_tokenizer(resolve(cfg.model.name, cfg.model.revision), cfg.model.trust_remote_code)
+    tokenizer = project_tokenizer(cfg)
     renderer = Renderer(tokenizer)
     terminal = console.out.is_terminal
     for ex in chosen:

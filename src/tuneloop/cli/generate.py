@@ -30,6 +30,7 @@ def generate(
 ) -> None:
     """Generate a reply with the project's model (or --model, or a trained --run) through its chat template."""
     from tuneloop import console, runs
+    from tuneloop.data.chat_templates import project_model
     from tuneloop.generate import chat_reply
     from tuneloop.models import load_causal_lm
 
@@ -38,15 +39,13 @@ def generate(
         run_dir = runs.latest_run(cfg) if run == "latest" else Path(run)
         console.note(f"loading {cfg.model.name} + {run_dir / 'final'}")
         lm, tokenizer = runs.load_final(cfg, run_dir)
+    elif model is not None:
+        console.note(f"loading {model}")
+        lm, tokenizer = load_causal_lm(model, dtype="auto")
     else:
-        if model is not None:
-            name, dtype, trust, revision = model, "auto", False, None
-        else:
-            cfg = load_config(config_path, overrides)
-            name, dtype = cfg.model.name, cfg.model.dtype
-            trust, revision = cfg.model.trust_remote_code, cfg.model.revision
-        console.note(f"loading {name}")
-        lm, tokenizer = load_causal_lm(name, dtype=dtype, trust_remote_code=trust, revision=revision)
+        cfg = load_config(config_path, overrides)
+        console.note(f"loading {cfg.model.name}")
+        lm, tokenizer = project_model(cfg)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     reply, stopped = chat_reply(lm, tokenizer, messages, max_new_tokens, temperature, seed)
     print(reply)

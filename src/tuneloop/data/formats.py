@@ -72,7 +72,9 @@ class RowError(ValueError):
 class Example:
     """The one example type inside tuneloop, whatever the input format.
 
-    kind "chat": `messages` is the whole conversation. "text": `text`, all of it trained.
+    kind "chat": `messages` is the whole conversation; `plain` marks a prompt/completion record whose
+    prompt and completion were plain strings (rendered as `prompt + completion` on a model without a
+    chat template). "text": `text`, all of it trained.
     "classification": `text` + `label`. "preference": `messages` is the prompt, plus `chosen` /
     `rejected`. "ranked": `messages` is the prompt, plus `responses` ordered by `ranking`.
     """
@@ -86,6 +88,7 @@ class Example:
     rejected: str | None = None
     responses: list[str] | None = None
     ranking: list[int] | None = None
+    plain: bool | None = None  # True for a prompt/completion record of two strings; None otherwise
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
@@ -379,7 +382,8 @@ def to_example(value: Any, fmt: str, example_id: str, labels: frozenset[str] | N
             completion = _messages(completion, "completion")
         else:
             completion = [{"role": "assistant", "content": _text(value, "completion")}]
-        return Example(example_id, kind, messages=_check_chat(prompt + completion))
+        plain = True if isinstance(value["prompt"], str) and isinstance(value["completion"], str) else None
+        return Example(example_id, kind, messages=_check_chat(prompt + completion), plain=plain)
     if fmt == "text":
         return Example(example_id, kind, text=_text(value, "text"))
     if fmt == "classification":

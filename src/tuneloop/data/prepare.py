@@ -476,11 +476,11 @@ def prepare(
         from tuneloop.data.render import Renderer
 
         if tokenizer is None:
-            from tuneloop.models import load_tokenizer, resolve
+            from tuneloop.data.chat_templates import project_tokenizer
 
-            tokenizer = load_tokenizer(resolve(cfg.model.name, cfg.model.revision), cfg.model.trust_remote_code)
+            tokenizer = project_tokenizer(cfg)
         try:
-            renderer = Renderer(tokenizer)
+            renderer = Renderer(tokenizer, lengths_only=True)
         except RowError as e:  # the tokenizer cannot render any example (no EOS token)
             raise UserError(f"model {cfg.model.name}: {e}; no record can be prepared for it") from None
 
@@ -642,11 +642,20 @@ def input_sources(cfg: ProjectConfig) -> list[dict[str, str]]:
 
 
 def settings_sha256(cfg: ProjectConfig) -> str:
-    """Hash of the settings the data stage depends on: the data section, the model (its tokenizer) and the
-    split scheme (so data prepared under an older scheme is prepared again, not reused)."""
+    """Hash of the settings the data stage depends on: the data section, the model (its tokenizer),
+    model.chat_template (the template's text, so an edited Jinja file counts) and the split scheme
+    (so data prepared under an older scheme is prepared again, not reused)."""
+    from tuneloop.data.chat_templates import configured_jinja
     from tuneloop.data.split import SCHEME
 
-    settings = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.name, "split_scheme": SCHEME}
+    settings: dict[str, Any] = {
+        "data": cfg.data.model_dump(mode="json"),
+        "model": cfg.model.name,
+        "split_scheme": SCHEME,
+    }
+    jinja = configured_jinja(cfg)
+    if jinja is not None:  # absent when unset, so projects without the setting keep their hash
+        settings["chat_template"] = hashlib.sha256(jinja.encode()).hexdigest()
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -661,6 +670,7 @@ def _write_manifest(cfg: ProjectConfig, pipe: _Pipeline, splits: dict, out: Path
         "settings_sha256": settings_sha256(cfg),
         "model": cfg.model.name,
         "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
+        "chat_template_setting": cfg.model.chat_template,
         "tokenized": renderer is not None,
         "split_scheme": SCHEME,
         "sources": input_sources(cfg),

@@ -1,13 +1,24 @@
 """Render an example through the model's chat template into token ids and per-token loss weights.
 
 This is the only place that decides which tokens are trained. `tuneloop data inspect`, the data
-report's length accounting, training and evaluation all call it, so what you inspect is what the
-trainer optimises, and train/serve template skew cannot happen by construction.
+report's length accounting, training, evaluation and serving all call it, so what you inspect is
+what the trainer optimises, and train/serve template skew cannot happen by construction.
 
 The mask is computed for any chat template, without `{% generation %}` tags: the conversation is
 rendered up to each assistant turn with and without that turn, and the text in between is the
-assistant's part. Tokens whose characters fall in that part are trained with the message's
-weight, up to and including the end-of-turn (EOS) token; the template's trailing newline is not.
+assistant's part. It is trained with the message's weight, up to and including the template's
+end-of-turn token (or EOS); the template's trailing newline is not.
+
+The text is tokenized piece by piece, cut where each assistant part starts and ends, and the
+pieces' ids are concatenated. The prompt a model is given at inference (`prompt_ids`) is cut at
+the same places, so its ids are an exact prefix of the training ids even where a tokenizer would
+merge characters across the boundary if it saw the whole text at once.
+
+A model without a chat template (a base model, with no `model.chat_template`) still trains on
+prompt/completion rows whose prompt is plain text, the way TRL treats non-conversational data:
+`prompt + completion + EOS`, the loss on the completion and EOS. Prompt and completion are
+tokenized separately here, so the prompt's ids are exactly what evaluation and serving send.
+Chat rows on such a model are refused with a message to set `model.chat_template`.
 """
 
 from __future__ import annotations
@@ -16,7 +27,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneloop.data.chat_templates import choices, find_end_of_turn, special_tokens
 from tuneloop.data.formats import Example, RowError
+
+# What trains each non-SFT kind; `tuneloop train` (supervised fine-tuning) refuses them with this.
+TRAINED_BY = {
+    "preference": "preference tuning (DPO, or a reward model), which tuneloop does not offer yet",
+    "ranked": "reward-model or listwise preference tuning, which tuneloop does not offer yet",
+    "classification": "a classification head (or an encoder classifier), which tuneloop does not offer yet",
+}
+NO_TEMPLATE = (
+    "the model's tokenizer has no chat template, so a conversation cannot be rendered; set model.chat_template "
+    f"to {choices()} (prompt/completion rows with a plain-text prompt train without one)"
+)
+
+Segments = list[tuple[str, float]]  # text pieces, each tokenized on its own, with the weight of its tokens
 
 
 @dataclass
@@ -26,7 +51,6 @@ class Rendered:
     input_ids: list[int]
     weights: list[float]  # per token; 0 means the token is context, not trained
     text: str = ""
-    offsets: list[tuple[int, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -39,48 +63,72 @@ class Rendered:
 
 
 class Renderer:
-    """Renders examples for one tokenizer; checks the template once, then renders in batches."""
+    """Renders examples for one tokenizer; checks the template once, then renders in batches.
 
-    def __init__(self, tokenizer: Any) -> None:
+    `lengths_only=True` (the data report's length accounting) renders a preference pair or ranked
+    responses with its longest answer, to measure the longest sequence a preference trainer will
+    see. Otherwise those kinds are refused: supervised fine-tuning must never train on them.
+    """
+
+    def __init__(self, tokenizer: Any, *, lengths_only: bool = False) -> None:
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token
         if self.eos is None:
             raise RowError("the tokenizer has no EOS token, so the model cannot learn to stop", systemic=True)
-        self.specials = [t for t in tokenizer.all_special_tokens if t] + [
-            str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
-        ]
-        self.specials = sorted(set(self.specials), key=len, reverse=True)
+        self.specials = special_tokens(tokenizer)
+        self.template = getattr(tokenizer, "chat_template", None)
+        self.lengths_only = lengths_only
+        # The token that closes an assistant turn: what is trained last and what generation stops on.
+        self.end_of_turn = (find_end_of_turn(tokenizer) if self.template else None) or self.eos
         bos = tokenizer.bos_token_id
         probe = tokenizer("a").input_ids
         # Add BOS only where the tokenizer itself would, and never twice (see `_bos`).
         self.add_bos = bos is not None and len(probe) > 0 and probe[0] == bos
         self._cache: dict[tuple[int, int, bool], str] = {}
 
-    # -- text and trained character spans ----------------------------------------------------
+    @property
+    def end_of_turn_id(self) -> int | None:
+        """The id of the end-of-turn token, when it is one token."""
+        ids = self.tokenizer(self.end_of_turn, add_special_tokens=False).input_ids
+        return ids[0] if len(ids) == 1 else None
 
-    def spans(self, example: Example) -> tuple[str, list[tuple[int, int, float]], list[str]]:
-        """(full text, trained character spans with weights, warnings) for one example."""
+    # -- text pieces and their weights ---------------------------------------------------------
+
+    def segments(self, example: Example) -> tuple[Segments, list[str]]:
+        """(text pieces with the weight of their tokens, warnings) for one example."""
         if example.kind == "text":
-            text = example.text + self.eos
-            return text, [(0, len(text), 1.0)], []
-        return self._chat_spans(self._conversation(example))
+            return [(example.text + self.eos, 1.0)], []
+        conversation = self._conversation(example)
+        if conversation is None:
+            return self._plain_segments(example.messages), []
+        return self._chat_segments(conversation)
 
-    def _conversation(self, example: Example) -> list[dict[str, Any]]:
-        """The messages to render for a template-rendered example, checked for special tokens."""
+    def _conversation(self, example: Example) -> list[dict[str, Any]] | None:
+        """The messages to render through the template, checked; None for a plain prompt + completion."""
         if example.kind == "chat":
             messages = example.messages
-        elif example.kind in ("preference", "ranked"):
-            # Length accounting uses the longest completion; the preference trainer renders each pair itself.
+        elif example.kind in ("preference", "ranked") and self.lengths_only:
+            # Length accounting only: the longest answer bounds what a preference trainer will see.
             answers = [example.chosen, example.rejected] if example.kind == "preference" else example.responses
             longest = max(answers or [""], key=len)
             messages = [*example.messages, {"role": "assistant", "content": longest}]
+        elif example.kind in TRAINED_BY:
+            raise RowError(
+                f"{example.kind} examples are not trained by supervised fine-tuning: {TRAINED_BY[example.kind]}",
+                systemic=True,
+            )
         else:
             raise RowError(f"examples of kind {example.kind} are not rendered through a chat template", systemic=True)
-        if self.tokenizer.chat_template is None:
-            no_template = "the model's tokenizer has no chat template; pick an instruct model or set one"
-            raise RowError(no_template, systemic=True)
         self._check_specials(messages)
+        if self.template is None:
+            if example.plain and example.kind == "chat":
+                return None
+            raise RowError(NO_TEMPLATE, systemic=True)
         return messages
+
+    def _plain_segments(self, messages: list[dict[str, Any]]) -> Segments:
+        prompt, answer = messages
+        return [(prompt["content"], 0.0), (answer["content"] + self.eos, float(answer.get("weight", 1.0)))]
 
     def _prerender(self, conversations: list[list[dict[str, Any]]]) -> None:
         """Render every prefix `_chat_spans` will ask for in two batched calls (a third faster than one by one)."""
@@ -115,31 +163,47 @@ class Renderer:
         except Exception as e:  # a template may raise on structures it does not support
             raise RowError(f"the chat template rejected this conversation: {e}") from None
 
-    def _chat_spans(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int, float]], list[str]]:
+    def _chat_segments(self, messages: list[dict[str, Any]]) -> tuple[Segments, list[str]]:
+        """The full rendering cut where each assistant part starts and ends, with each part's weight."""
         full = self._template(messages, len(messages), False)
-        spans, warnings = [], []
+        segments, warnings, pos = self._cut(messages, full, whole=True)
+        segments.append((full[pos:], 0.0))
+        return [(text, w) for text, w in segments if text], warnings
+
+    def _cut(self, messages: list[dict[str, Any]], full: str, whole: bool) -> tuple[Segments, list[str], int]:
+        """Pieces of `full` up to the end of its last assistant part, and where that end is.
+
+        `full` renders `messages` (`whole`), or renders them with the generation prompt (a prompt).
+        The cut points depend only on the turns before each assistant part, so a prompt and the
+        training text of the same conversation are cut identically.
+        """
+        segments: Segments = []
+        warnings: list[str] = []
+        pos = 0
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            weight = m.get("weight", 1.0)
+            last = whole and i == len(messages) - 1
             before = self._template(messages, i, True)
-            upto = full if i == len(messages) - 1 else self._template(messages, i + 1, False)
-            if not (full.startswith(upto) and upto.startswith(before)):
+            upto = full if last else self._template(messages, i + 1, False)
+            if not (full.startswith(upto) and upto.startswith(before)) or len(before) < pos:
                 raise RowError(
                     f"the chat template renders turn {i + 1} differently depending on what follows, so the "
                     "assistant part cannot be located; use a template that renders history unchanged"
                 )
             start, end = len(before), len(upto)
-            stop = upto.rfind(self.eos, start, end)
+            stop, token = upto.rfind(self.end_of_turn, start, end), self.end_of_turn
+            if stop < 0 and self.eos != self.end_of_turn:
+                stop, token = upto.rfind(self.eos, start, end), self.eos
             if stop >= 0:
-                end = stop + len(self.eos)  # train the end-of-turn token, not the newline after it
+                end = stop + len(token)  # train the end-of-turn token, not the newline after it
             else:
                 warnings.append(
-                    f"the template does not end assistant turns with {self.eos}; the model won't learn to stop"
+                    f"the template does not end assistant turns with {self.end_of_turn}; the model won't learn to stop"
                 )
-            if weight > 0:
-                spans.append((start, end, float(weight)))
-        return full, spans, warnings
+            segments += [(full[pos:start], 0.0), (full[start:end], float(m.get("weight", 1.0)))]
+            pos = end
+        return segments, warnings, pos
 
     def _check_specials(self, messages: list[dict[str, Any]]) -> None:
         # Special-token strings inside content are parsed as real control tokens: a user message
@@ -162,34 +226,38 @@ class Renderer:
             except RowError as e:
                 conversations.append(e)
         self._prerender([c for c in conversations if isinstance(c, list)])
-        prepared: list[Any] = []
+        prepared: list[tuple[Segments, list[str]] | RowError] = []
         try:
             for ex, conv in zip(examples, conversations, strict=True):
                 if isinstance(conv, RowError):
                     prepared.append(conv)
                     continue
                 try:
-                    prepared.append(self.spans(ex) if conv is None else self._chat_spans(conv))
+                    prepared.append(self._chat_segments(conv) if isinstance(conv, list) else self.segments(ex))
                 except RowError as e:
                     prepared.append(e)
         finally:
             self._cache.clear()
-        texts = [p[0] for p in prepared if not isinstance(p, RowError)]
+        pieces = [text for p in prepared if not isinstance(p, RowError) for text, _ in p[0]]
         try:
-            encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
-        except Exception as e:  # the tokenizer itself is broken (or slow, without offsets): no row can fix that
+            encoded = iter(self.tokenizer(pieces, add_special_tokens=False).input_ids if pieces else [])
+        except Exception as e:  # the tokenizer itself is broken: no row can fix that
             failed = RowError(f"the tokenizer failed: {type(e).__name__}: {e}", systemic=True)
             return [p if isinstance(p, RowError) else failed for p in prepared]
         out: list[Rendered | RowError] = []
-        k = 0
         for p in prepared:
             if isinstance(p, RowError):
                 out.append(p)
                 continue
-            text, spans, warnings = p
-            ids, offsets = encoded["input_ids"][k], encoded["offset_mapping"][k]
-            k += 1
-            out.append(self._weigh(text, list(ids), [tuple(o) for o in offsets], spans, warnings))
+            segments, warnings = p
+            ids: list[int] = []
+            weights: list[float] = []
+            for _, weight in segments:
+                piece = next(encoded)
+                ids += piece
+                weights += [weight] * len(piece)
+            ids, weights = self._bos(ids, weights)
+            out.append(Rendered(ids, weights, "".join(text for text, _ in segments), warnings))
         return out
 
     def render(self, example: Example) -> Rendered:
@@ -203,39 +271,31 @@ class Renderer:
         """Token ids of a conversation followed by the assistant's generation prompt.
 
         Evaluation and serving call this, so a model is asked exactly the way it was trained:
-        same template, same tokenization, same single BOS.
+        same template, same cut points, same tokenization, same single BOS. On a model without a
+        chat template, a single user message is the plain-text prompt of a prompt/completion row.
+        Raises RowError when the conversation cannot be rendered.
         """
         self._check_specials(messages)
-        text = self._template(messages, len(messages), True)
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        return self._bos(list(ids), [0.0] * len(ids), [(0, 0)] * len(ids))[0]
+        if self.template is None:
+            if len(messages) != 1 or messages[0]["role"] != "user":
+                raise RowError(NO_TEMPLATE)
+            pieces = [messages[0]["content"]]
+        else:
+            try:
+                text = self._template(messages, len(messages), True)
+                segments, _, pos = self._cut(messages, text, whole=False)
+            finally:
+                self._cache.clear()
+            pieces = [t for t, _ in segments if t] + ([text[pos:]] if text[pos:] else [])
+        ids = [t for piece in self.tokenizer(pieces, add_special_tokens=False).input_ids for t in piece]
+        return self._bos(ids, [0.0] * len(ids))[0]
 
-    def _weigh(
-        self,
-        text: str,
-        ids: list[int],
-        offsets: list[tuple[int, int]],
-        spans: list[tuple[int, int, float]],
-        warnings: list[str],
-    ) -> Rendered:
-        weights = [0.0] * len(ids)
-        s = 0
-        for t, (start, end) in enumerate(offsets):
-            while s < len(spans) and start >= spans[s][1]:
-                s += 1
-            if s == len(spans):
-                break
-            if end > start and start >= spans[s][0]:
-                weights[t] = spans[s][2]
-        ids, weights, offsets = self._bos(ids, weights, offsets)
-        return Rendered(ids, weights, text, offsets, warnings)
-
-    def _bos(self, ids: list[int], weights: list[float], offsets: list[tuple[int, int]]):
+    def _bos(self, ids: list[int], weights: list[float]) -> tuple[list[int], list[float]]:
         """Exactly one BOS: prepend it where the tokenizer expects one and the template did not write it."""
         bos = self.tokenizer.bos_token_id
         if self.add_bos and (not ids or ids[0] != bos):
-            return [bos, *ids], [0.0, *weights], [(0, 0), *offsets]
-        return ids, weights, offsets
+            return [bos, *ids], [0.0, *weights]
+        return ids, weights
 
 
 def mark_trained(rendered: Rendered, tokenizer: Any, open_mark: str = "[[", close_mark: str = "]]") -> str:

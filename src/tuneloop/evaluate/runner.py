@@ -250,12 +250,25 @@ def _generate_vllm(cfg, run_dir, model, tokenizer, conversations, settings) -> l
     )
 
 
+def _plain_probes(probes: list[Any]) -> list[Any]:
+    """The probes a model without a chat template can be asked: one user message, sent as plain text."""
+    kept = [p for p in probes if len(p.messages) == 1 and p.messages[0]["role"] == "user"]
+    if len(kept) < len(probes):
+        console.note(
+            f"the model has no chat template: {len(probes) - len(kept)} red-team probes with a system turn or "
+            "several turns are skipped (set model.chat_template to ask them)"
+        )
+    return kept
+
+
 def load_system(cfg: ProjectConfig, run_dir: Path | None) -> tuple[Any, Any]:
+    """The base model (its tokenizer with model.chat_template applied), or a run's final model with the
+    tokenizer and chat template it trained with."""
     from tuneloop import runs
-    from tuneloop.models import load_causal_lm
+    from tuneloop.data.chat_templates import project_model
 
     if run_dir is None:
-        return load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.revision)
+        return project_model(cfg)
     return runs.load_final(cfg, run_dir)
 
 
@@ -414,6 +427,8 @@ def evaluate(
     for name, run_dir in [(BASE, None), *zip(run_names, run_dirs, strict=True)]:
         console.note(f"loading {name}: {cfg.model.name}" + (f" + {run_dir / 'final'}" if run_dir else ""))
         model, tokenizer = load_system(cfg, run_dir)
+        if run_dir is None and getattr(tokenizer, "chat_template", None) is None:
+            probes = _plain_probes(probes)
         systems.append(measure(name, model, tokenizer, cfg, cases, general, probes, run_dir))
         del model
         gc.collect()

@@ -83,25 +83,51 @@ def subset(examples: list[Example], n: int, seed: int) -> list[Example]:
     return [examples[i] for i in sorted(order[:n])]
 
 
+def check_kinds(examples: list[Example], split: str) -> None:
+    """Refuse examples that supervised fine-tuning must not train on (preference pairs, ranked answers, labels)."""
+    from collections import Counter
+
+    from tuneloop.data.render import TRAINED_BY
+
+    wrong = Counter(e.kind for e in examples if e.kind in TRAINED_BY)
+    if wrong:
+        found = ", ".join(f"{n:,} {kind}" for kind, n in wrong.items())
+        how = "; ".join(f"{kind} rows are trained by {TRAINED_BY[kind]}" for kind in wrong)
+        raise UserError(
+            f"the {split} split holds {found} examples, which `tuneloop train` (supervised fine-tuning) does not "
+            f"train: {how}. Train on chat, prompt/completion, alpaca, sharegpt or text rows instead"
+        )
+
+
 def check_template(manifest: dict, tokenizer: Any) -> None:
-    """Refuse to train on data measured with another chat template: lengths and masks would be wrong."""
+    """Refuse to train on data measured with another chat template (or none): lengths and masks would be wrong."""
     import hashlib
 
+    template = getattr(tokenizer, "chat_template", None)
+    current = hashlib.sha256(template.encode()).hexdigest() if template else None
+    if not manifest.get("tokenized", True):
+        console.warn(
+            "the prepared data was not measured with a tokenizer, so its lengths and its chat template cannot be "
+            "checked against this model's; re-run `tuneloop data prepare` with tokenization to check them"
+        )
+        return
     if "chat_template_sha256" not in manifest:
         raise UserError(
             "the prepared data's manifest records no chat template hash, so it cannot be checked against this "
             "model's template (it was prepared by an older tuneloop); re-run `tuneloop data prepare`"
         )
-    recorded = manifest["chat_template_sha256"]  # None: prepared with a tokenizer that had no template
-    template = getattr(tokenizer, "chat_template", None)
-    current = hashlib.sha256(template.encode()).hexdigest() if template else None
-    if current != recorded:
+    recorded = manifest["chat_template_sha256"]
+    if recorded != current:
+        if recorded and current:
+            what = "a different chat template than this model's"
+        elif current:
+            what = "no chat template, and this model has one now"
+        else:
+            what = "a chat template, and this model has none now"
         raise UserError(
-            "the prepared data was measured with a different chat template than this model's "
-            f"(model {manifest.get('model')!r} at prepare time"
-            + ("" if recorded else ", without a template")
-            + ("" if current else "; this model has none")
-            + "); re-run `tuneloop data prepare` for this model"
+            f"the prepared data was measured with {what} (at prepare time: model {manifest.get('model')!r}, "
+            f"model.chat_template {manifest.get('chat_template_setting')!r}); "
+            "re-run `tuneloop data prepare` with this model and model.chat_template"
         )
 
 
@@ -147,7 +173,9 @@ def render_split(examples: list[Example], tokenizer: Any, cfg: ProjectConfig, sp
     if untrained:
         console.warn(f"{untrained:,} {split} examples have no trained tokens after truncation and were dropped")
     if warned:
-        console.warn(f"{warned:,} {split} examples: the template does not end assistant turns with EOS")
+        console.warn(
+            f"{warned:,} {split} examples: the template does not end assistant turns with {renderer.end_of_turn}"
+        )
     console.note(f"{split}: {len(examples):,} examples in, {len(items):,} rendered for training")
     return items
 
@@ -199,10 +227,11 @@ def _probe_loss(model: Any, batch: dict[str, Any]) -> float:
 
 
 def load_model(cfg: ProjectConfig) -> tuple[Any, Any]:
-    """Base model (4-bit for qlora) and tokenizer, in train-ready dtype."""
+    """Base model (4-bit for qlora) and tokenizer (with model.chat_template applied), in train-ready dtype."""
     import torch
 
-    from tuneloop.models import load_causal_lm, quantization_config
+    from tuneloop.data.chat_templates import project_model
+    from tuneloop.models import quantization_config
 
     extra: dict[str, Any] = {}
     dtype = cfg.model.dtype
@@ -215,7 +244,7 @@ def load_model(cfg: ProjectConfig) -> tuple[Any, Any]:
 
         compute = torch_dtype("auto")
         extra = {"quantization_config": quantization_config(cfg, compute), "device_map": {"": _device()}}
-    model, tokenizer = load_causal_lm(cfg.model.name, dtype, cfg.model.trust_remote_code, cfg.model.revision, **extra)
+    model, tokenizer = project_model(cfg, dtype, **extra)
     model.config.use_cache = False  # a KV cache in training disables packed-sequence masks
     return model, tokenizer
 
@@ -439,6 +468,8 @@ def train(
     val_examples, _ = load_split(cfg, "val")
     if not train_examples:
         raise UserError(f"the train split in {cfg.path(cfg.data.prepared_dir)} is empty; nothing to train on")
+    check_kinds(train_examples, "train")
+    check_kinds(val_examples, "val")
     if cfg.train.examples is not None:
         train_examples = subset(train_examples, cfg.train.examples, cfg.data.seed)
     if model is None:
