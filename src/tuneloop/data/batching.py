@@ -22,6 +22,41 @@ from typing import Any
 
 IGNORE = -100
 
+# Model types on which packed attention has been checked not to cross examples: their logits for
+# each example, packed with others, equal its logits alone (tests/test_packing.py builds a tiny
+# random model of every type listed here and compares). Packing relies on Transformers turning
+# restarting position ids into a block-diagonal mask; an architecture that ignores position ids
+# (ALiBi models such as bloom and mpt, opt's learned offsets) or mixes tokens outside attention
+# (convolutions, state-space or linear-attention layers) would leak across examples, so `auto`
+# pads on every type not listed here.
+PACKING_VERIFIED = frozenset(
+    {
+        "cohere",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "gpt2",
+        "gpt_neox",
+        "granite",
+        "helium",
+        "llama",
+        "ministral",
+        "mistral",
+        "mixtral",
+        "olmo",
+        "olmo2",
+        "phi",
+        "phi3",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "smollm3",
+        "stablelm",
+        "starcoder2",
+    }
+)
+
 
 class Collator:
     """Callable for the DataLoader: rendered items ({id, input_ids, weights}) → a batch in the chosen layout."""
@@ -148,6 +183,8 @@ def choose_layout(
     hidden = getattr(model_config, "hidden_size", 512)
     layers = getattr(model_config, "num_hidden_layers", 12)
     vocab = getattr(model_config, "vocab_size", 32000)
+    model_type = getattr(model_config, "model_type", None) or "unknown"
+    verified = model_type in PACKING_VERIFIED
     costs, padding = estimate_costs(lengths, batch_size, hidden, layers, vocab)
     if requested != "auto":
         if requested == "packed" and not supports_packing:
@@ -157,9 +194,20 @@ def choose_layout(
                 "train.batching=packed needs the examples to be laid end to end, which prompt and prefix tuning "
                 "cannot do (their virtual tokens belong to one example); use padded or length_grouped"
             )
+        if requested == "packed" and not verified:
+            from tuneloop.errors import UserError
+
+            raise UserError(
+                f"train.batching=packed: packing is not verified for model type {model_type!r}, so attention "
+                "might cross from one example into the next; use padded, length_grouped or auto (packing is "
+                f"verified for {', '.join(sorted(PACKING_VERIFIED))})"
+            )
         return LayoutChoice(requested, "set in the config", padding)
     if not supports_packing or batch_size == 1:
         why = "batch size 1 has no padding" if batch_size == 1 else "prompt/prefix tuning cannot pack"
+        return LayoutChoice("padded", why, padding)
+    if not verified:
+        why = f"packing is not verified for model type {model_type!r} (attention might cross examples)"
         return LayoutChoice("padded", why, padding)
     ratio = costs["padded"] / costs["packed"]
     if ratio > 1.05:
