@@ -7,6 +7,7 @@ safetensors and a tokenizer with a ChatML chat template), in well under a second
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -72,12 +73,12 @@ def make_tokenizer(
     return tokenizer
 
 
-def make_tiny_llama(folder: Path, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
-    """Write a random Llama (about 0.1M parameters) plus tokenizer to `folder`; return it."""
+def make_tiny_llama(folder: Path, seed: int = 0, hidden_size: int = 64, layers: int = 2, tokenizer: Any = None) -> Path:
+    """Write a random Llama (about 0.1M parameters) plus tokenizer (default: `make_tokenizer()`) to `folder`."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = make_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
