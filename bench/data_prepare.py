@@ -107,8 +107,8 @@ from tuneloop import config
 from tuneloop.data.prepare import prepare
 cfg = config.load({str(folder / "tuneloop.yaml")!r})
 if {tokenize!r}:
-    from tuneloop.models import load_tokenizer, resolve
-    tok = load_tokenizer(resolve(cfg.model.name))
+    from tuneloop.data.chat_templates import project_tokenizer
+    tok = project_tokenizer(cfg)
 else:
     tok = None
 start = time.perf_counter()

@@ -214,13 +214,13 @@ def write_project(folder: Path, model_dir: Path, rows: list[dict], steps: int, b
 def prepared_items(cfg_path: Path) -> tuple[Path, list[dict]]:
     """Prepare the data once; both systems read the same prepared train split."""
     from tuneloop import config
+    from tuneloop.data.chat_templates import project_tokenizer
     from tuneloop.data.prepare import prepare
     from tuneloop.data.prepared import load_split
-    from tuneloop.models import load_tokenizer, resolve
     from tuneloop.train.sft import render_split
 
     cfg = config.load(cfg_path)
-    tokenizer = load_tokenizer(resolve(cfg.model.name))
+    tokenizer = project_tokenizer(cfg)
     prepare(cfg, tokenizer=tokenizer, workers=0)
     examples, _ = load_split(cfg, "train")
     items = render_split(examples, tokenizer, cfg, "train")

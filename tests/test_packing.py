@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tuneloop.data.batching import PACKING_VERIFIED, Collator, choose_layout
 from tuneloop.errors import UserError
-from tuneloop.train.batching import PACKING_VERIFIED, Collator, choose_layout
 
 LENGTHS = (9, 5, 12)
 
