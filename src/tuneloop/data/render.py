@@ -131,7 +131,7 @@ class Renderer:
         return [(prompt["content"], 0.0), (answer["content"] + self.eos, float(answer.get("weight", 1.0)))]
 
     def _prerender(self, conversations: list[list[dict[str, Any]]]) -> None:
-        """Render every prefix `_chat_spans` will ask for in two batched calls (a third faster than one by one)."""
+        """Render every prefix `_cut` will ask for in two batched calls (a third faster than one by one)."""
         wanted: dict[bool, list[tuple[list[dict[str, Any]], int]]] = {False: [], True: []}
         for conv in conversations:
             wanted[False].append((conv, len(conv)))
