@@ -43,7 +43,8 @@ def test_model_chat_template_is_applied_everywhere_and_saved_with_the_run(tmp_pa
     from tuneloop import runs
     from tuneloop.generate import stop_token_ids
 
-    path = make_train_project(tmp_path, gemma_base, **FAST)
+    path = make_train_project(tmp_path, gemma_base, rows=prompt_completion_rows(40), **FAST)
+    (tmp_path / "data/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(80)))
     doc = path.read_text().replace(f"  name: {gemma_base}\n", f"  name: {gemma_base}\n  chat_template: gemma\n")
     path.write_text(doc)
     from tuneloop.data.prepare import prepare
@@ -71,7 +72,7 @@ def test_model_chat_template_is_applied_everywhere_and_saved_with_the_run(tmp_pa
 def test_the_template_is_part_of_the_prepare_key(tmp_path: Path, gemma_base: Path):
     from tuneloop.data.prepare import settings_sha256
 
-    path = make_train_project(tmp_path, gemma_base, **FAST)
+    path = make_train_project(tmp_path, gemma_base, rows=prompt_completion_rows(40), **FAST)
     (tmp_path / "mine.jinja").write_text(NAMED["gemma"].jinja)
     none, gemma, mistral, mine = (
         settings_sha256(config.load(path, overrides))
