@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop import __version__, console
+from tuneloop import __version__, console, models
 from tuneloop.config import ProjectConfig
 
 LOOP_FILE = "loop.json"
@@ -125,6 +125,8 @@ def train_key(cfg: ProjectConfig, manifest: dict[str, Any]) -> str:
             "data_settings": cfg.data.model_dump(mode="json"),  # a resume checks these too
             "chat_template": manifest.get("chat_template_sha256"),
             "model": cfg.model.model_dump(mode="json"),
+            # The name alone can point at other weights (an edited folder, a moved hub revision).
+            "weights": models.fingerprint(models.resolve(cfg.model.name, cfg.model.revision)),
             "method": cfg.method.model_dump(mode="json"),
             "train": train,
         }

@@ -150,3 +150,49 @@ def load_final(cfg: ProjectConfig, run_dir: Path) -> tuple[Any, Any]:
     model = PeftModel.from_pretrained(base, str(final))
     model.eval()
     return model, load_tokenizer(final)  # the tokenizer and chat template the run trained with
+
+
+# --------------------------------------------------------------------------- provenance
+
+BASE_MODEL_FILE = "base-model.json"  # the model a run was trained on: name, revision, folder, fingerprint
+
+
+def base_model_record(cfg: ProjectConfig) -> dict[str, Any]:
+    """The configured model as a run records it: name, revision, resolved folder, weights fingerprint."""
+    from tuneloop import models
+
+    folder = models.resolve(cfg.model.name, cfg.model.revision)
+    return {
+        "name": cfg.model.name,
+        "revision": cfg.model.revision,
+        "folder": str(folder),
+        "fingerprint": models.fingerprint(folder),
+    }
+
+
+def write_base_model(cfg: ProjectConfig, run_dir: Path) -> None:
+    (run_dir / BASE_MODEL_FILE).write_text(json.dumps(base_model_record(cfg), indent=2) + "\n")
+
+
+def check_same_base(cfg: ProjectConfig, run_dir: Path) -> None:
+    """Refuse a run trained on another base model than the configured one (its adapter would sit on other weights)."""
+    import yaml
+
+    recorded_path = run_dir / BASE_MODEL_FILE
+    if recorded_path.is_file():
+        recorded = json.loads(recorded_path.read_text())
+        current = base_model_record(cfg)
+        if recorded["fingerprint"] == current["fingerprint"]:
+            return
+        was, now = f"{recorded['name']} ({recorded['folder']})", f"{current['name']} ({current['folder']})"
+    else:  # a run from before base-model.json: the config it saved names its model
+        saved = yaml.safe_load((run_dir / "config.resolved.yaml").read_text()) or {}
+        model = saved.get("model") or {}
+        if (model.get("name"), model.get("revision")) == (cfg.model.name, cfg.model.revision):
+            return
+        was, now = str(model.get("name")), cfg.model.name
+    raise UserError(
+        f"run {run_dir.name} was trained on {was}, but model.name is now {now}: its weights and the base "
+        f"compared against would be another model's. Evaluate it with the config it was trained with "
+        f"(--config {run_dir / 'config.resolved.yaml'}), or set model.name back"
+    )

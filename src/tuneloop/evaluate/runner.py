@@ -27,6 +27,8 @@ from tuneloop.data.formats import Example
 from tuneloop.errors import UserError
 from tuneloop.evaluate.compare import Comparison, MeanScores, bootstrap_indices, compare
 from tuneloop.evaluate.metrics import METRIC_INFO, compute, needs_reference
+from tuneloop.evaluate.provenance import check_no_test_overlap, split_row_hashes
+from tuneloop.runs import check_same_base
 
 BASE = "base"
 
@@ -393,9 +395,13 @@ def evaluate(
     check_metrics(cfg, cases)
     schema = _load_schema(cfg) if "json_schema" in cfg.task.metrics else None
     run_names = [d.name for d in run_dirs]
+    test_hashes = None if private else split_row_hashes(cfg.path(cfg.data.prepared_dir))
     for d in run_dirs:
         if not (d / "final").is_dir():
             raise UserError(f"{d} has no final/ model; finish it with `tuneloop train --resume` first")
+        check_same_base(cfg, d)
+        if test_hashes is not None:
+            check_no_test_overlap(d, test_hashes, len(test_hashes))
     uses = record_test_use(cfg, test_sha, run_names, private)
     console.note(f"test set: {len(cases)} examples from the {source} (evaluated {uses} time(s) so far)")
     if len(cases) < 30:

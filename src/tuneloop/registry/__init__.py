@@ -20,7 +20,7 @@ from tuneloop.registry.diff import config_diff, data_diff, flatten
 from tuneloop.registry.folder import LOOP_FILE, RUNNING_WINDOW_SECONDS, WATCHED
 from tuneloop.registry.index import get_run, list_runs, record, sync
 from tuneloop.registry.mirror import mirror_mlflow
-from tuneloop.registry.rows import ROWS_FILE, SPLITS, read_row_hashes, write_row_hashes
+from tuneloop.registry.rows import ROWS_FILE, SPLITS, read_row_hashes, row_hash, write_row_hashes
 from tuneloop.registry.store import (
     LEGACY_USAGE_LOG,
     REGISTRY_FILE,
@@ -46,6 +46,7 @@ __all__ = [
     "list_runs",
     "mirror_mlflow",
     "read_row_hashes",
+    "row_hash",
     "record",
     "record_test_use",
     "registry_path",

@@ -17,7 +17,7 @@ ROWS_FILE = "data-rows.txt.gz"
 SPLITS = ("train", "val", "test")
 
 
-def _row_hash(line: str) -> str:
+def row_hash(line: str) -> str:
     """xxhash64 of a prepared row's canonical JSON, without its `id`.
 
     The id is the row's `file:line`: leaving it out means a row that only moved in its source file
@@ -51,7 +51,7 @@ def write_row_hashes(run_dir: Path, prepared_dir: Path, train_ids: Collection[st
                         continue
                     if split == "train" and train_ids is not None and json.loads(line)["id"] not in train_ids:
                         continue
-                    raw.write(f"{split}\t{_row_hash(line)}\n".encode())
+                    raw.write(f"{split}\t{row_hash(line)}\n".encode())
     os.replace(tmp, out)
     return out
 

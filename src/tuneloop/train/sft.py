@@ -34,6 +34,7 @@ from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, OverfitAlarm, Progress
 from tuneloop.train.guards import NonFiniteError, StepGuard, non_finite_message
+from tuneloop.train.resume import check_same_data
 
 # Config sections that shape the trained weights; a resume must match them (task and eval may differ).
 TRAINING_SECTIONS = ("model", "data", "method", "train")
@@ -466,6 +467,8 @@ def train(
 
     train_examples, manifest = load_split(cfg, "train")
     val_examples, _ = load_split(cfg, "val")
+    if resume is not None:
+        check_same_data(manifest, Path(resume))
     if not train_examples:
         raise UserError(f"the train split in {cfg.path(cfg.data.prepared_dir)} is empty; nothing to train on")
     check_kinds(train_examples, "train")
@@ -507,6 +510,7 @@ def train(
         used = {e.id for e in train_examples} if cfg.train.examples is not None else None
         registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir), used)
         runs.record_environment(run_dir, cfg.root)
+        runs.write_base_model(cfg, run_dir)
         registry.record(cfg, run_dir)
     checkpoints = run_dir / "checkpoints"
     needed = _checkpoint_bytes(model, params.trainable, cfg.method.name)
