@@ -20,7 +20,7 @@ import sacrebleu
 from tuneloop import config, registry
 from tuneloop.errors import UserError
 from tuneloop.evaluate import compare_runs, runner
-from tuneloop.registry.rows import _row_hash
+from tuneloop.registry.rows import row_hash
 
 TEST_SHA = "a" * 64
 
@@ -282,7 +282,7 @@ def test_row_hashes_count_rows_added_removed_and_kept(proj: Path, tmp_path: Path
 
     lines = gzip.decompress(path.read_bytes()).decode().splitlines()
     assert len(lines) == 7 and all(re.fullmatch(r"(train|test)\t[0-9a-f]{16}", line) for line in lines)
-    assert lines[0].split("\t")[1] == _row_hash(json.dumps(chat(0)))  # id-free content hash
+    assert lines[0].split("\t")[1] == row_hash(json.dumps(chat(0)))  # id-free content hash
 
     data = compare_runs.compare(cfg, "chat-a", "chat-b")["data"]
     assert data["by"] == "rows" and data["same"] is False
