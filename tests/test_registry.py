@@ -234,14 +234,15 @@ def test_newer_schema_is_refused(proj: Path) -> None:
     registry.sync(cfg)
     with sqlite3.connect(registry.registry_path(cfg)) as conn:
         conn.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(UserError, match="newer tuneloop"):
+    with pytest.raises(UserError, match="newer tuneloop") as caught:
         registry.sync(cfg)
+    assert "delete" not in str(caught.value)  # it holds the index of test-set use: never advise deleting it
 
 
 # --------------------------------------------------------------------------- test-set usage
 
 
-def test_test_usage_lives_in_the_registry_and_imports_the_old_log(proj: Path) -> None:
+def test_test_usage_is_an_append_only_log_the_registry_indexes(proj: Path) -> None:
     cfg = load(proj)
     runs_dir = cfg.path(cfg.output.dir)
     runs_dir.mkdir()
@@ -249,11 +250,10 @@ def test_test_usage_lives_in_the_registry_and_imports_the_old_log(proj: Path) ->
         {"time": "2024-01-01T00:00:00+00:00", "test_sha256": "t1", "runs": ["r1"], "private": False},
         {"time": "2024-01-02T00:00:00+00:00", "test_sha256": "p1", "runs": ["r1"], "private": True},
     ]
-    (runs_dir / registry.LEGACY_USAGE_LOG).write_text("".join(json.dumps(e) + "\n" for e in old))
+    log = runs_dir / registry.LEGACY_USAGE_LOG  # the log an older tuneloop wrote is the log
+    log.write_text("".join(json.dumps(e) + "\n" for e in old))
 
     assert runner.test_uses(cfg, "t1") == [old[0]]
-    assert not (runs_dir / registry.LEGACY_USAGE_LOG).exists()
-    assert (runs_dir / (registry.LEGACY_USAGE_LOG + ".imported")).is_file()
     assert runner.record_test_use(cfg, "t1", ["r2", "r3"], private=False) == 2
     uses = runner.test_uses(cfg, "t1")
     assert [u["runs"] for u in uses] == [["r1"], ["r2", "r3"]] and uses[1]["private"] is False
@@ -262,6 +262,54 @@ def test_test_usage_lives_in_the_registry_and_imports_the_old_log(proj: Path) ->
         runner.record_test_use(cfg, "p1", ["r2"], private=True)
     assert len(runner.test_uses(cfg, "p1")) == 1  # the refused look is not recorded
     assert runner.record_test_use(cfg, "p2", ["r2"], private=True) == 1
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines[:2] == old and [(e["test_sha256"], e["runs"]) for e in lines[2:]] == [
+        ("t1", ["r2", "r3"]),
+        ("p2", ["r2"]),
+    ]
+
+
+def test_test_usage_and_the_private_guard_survive_a_deleted_registry(proj: Path) -> None:
+    cfg = load(proj)
+    assert runner.record_test_use(cfg, "t1", ["r1"], private=False) == 1
+    assert runner.record_test_use(cfg, "p1", ["r1"], private=True) == 1
+    for path in registry.registry_path(cfg).parent.glob(registry.REGISTRY_FILE + "*"):
+        path.unlink()  # registry.sqlite and its -wal / -shm files
+    assert runner.record_test_use(cfg, "t1", ["r2"], private=False) == 2
+    with pytest.raises(UserError, match="evaluated once only"):
+        runner.record_test_use(cfg, "p1", ["r2"], private=True)
+    assert [u["runs"] for u in runner.test_uses(cfg, "t1")] == [["r1"], ["r2"]]
+
+
+def test_uses_only_the_registry_knew_are_copied_into_the_log(proj: Path) -> None:
+    """A project from the tuneloop that kept usage in registry.sqlite alone (and renamed the log to .imported)."""
+    cfg = load(proj)
+    runs_dir = cfg.path(cfg.output.dir)
+    registry.test_uses(cfg, "x")  # creates the registry
+    with sqlite3.connect(registry.registry_path(cfg)) as conn:
+        conn.execute("INSERT INTO test_uses (time, sha256, runs, private) VALUES ('2024-03-01', 'p9', '[\"a\"]', 1)")
+    imported = {"time": "2024-02-01", "test_sha256": "t9", "runs": ["b"], "private": False}
+    (runs_dir / (registry.LEGACY_USAGE_LOG + ".imported")).write_text(json.dumps(imported) + "\n")
+    assert [u["test_sha256"] for u in runner.test_uses(cfg, "p9")] == ["p9"]
+    logged = [json.loads(line) for line in (runs_dir / registry.LEGACY_USAGE_LOG).read_text().splitlines()]
+    assert logged == [{"time": "2024-03-01", "test_sha256": "p9", "runs": ["a"], "private": True}]
+    assert runner.test_uses(cfg, "t9") == [imported]
+    registry.registry_path(cfg).unlink()
+    with pytest.raises(UserError, match="evaluated once only"):
+        runner.record_test_use(cfg, "p9", ["c"], private=True)
+
+
+def test_usage_entries_are_fsynced_and_a_torn_last_line_is_ignored(proj: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load(proj)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    runner.record_test_use(cfg, "t1", ["r1"], private=False)
+    assert synced  # the entry reached the disk before the evaluation it records
+    log = registry.registry_path(cfg).parent / registry.LEGACY_USAGE_LOG
+    log.write_text(log.read_text() + '{"time": "2024-01-0')  # a crash in the middle of a write
+    assert runner.record_test_use(cfg, "t1", ["r2"], private=False) == 2
+    assert [u["runs"] for u in runner.test_uses(cfg, "t1")] == [["r1"], ["r2"]]
 
 
 # --------------------------------------------------------------------------- data: row hashes

@@ -1,11 +1,11 @@
 """The run registry: a SQLite index of the run folders under output.dir, for listing and comparing runs.
 
-The run folders stay the source of truth; `<output.dir>/registry.sqlite` only indexes them, so it
-can be deleted and rebuilt with `sync()` at any time. The one exception is the test-set usage log
-(`record_test_use`): every look at a test set is recorded here and nowhere else.
+The run folders and `<output.dir>/test-usage.jsonl` (every look at a test set, append-only) stay
+the source of truth; `<output.dir>/registry.sqlite` only indexes them, and is rebuilt from them.
 
 One module per job, in reading order:
-- store.py: the database (schema, version, connection) and the test-set usage log;
+- usage.py: the test-set usage log (read, append durably, under a lock);
+- store.py: the database (schema, version, connection), its index of the usage log (`record_test_use`);
 - folder.py: reading one run folder into a row;
 - index.py: indexing (`record`, `sync`) and queries (`list_runs`, `get_run`);
 - rows.py: row-level data hashes (`write_row_hashes`, `read_row_hashes`);

@@ -1,15 +1,15 @@
-"""The registry's SQLite file: schema, version, connection, and the test-set usage it alone keeps.
+"""The registry's SQLite file: schema, version, connection, and its index of the test-set usage log.
 
-`<output.dir>/registry.sqlite` only indexes the run folders, so it can be deleted and rebuilt with
-`sync()` at any time. The one exception is the test-set usage log (`record_test_use`): every look at a
-test set is recorded here and nowhere else.
+`<output.dir>/registry.sqlite` only indexes: the run folders, and `test-usage.jsonl` (usage.py), the
+append-only record of every look at a test set. Deleting it loses nothing; the next command rebuilds
+the test-set index from the log, and `tuneloop runs sync` re-indexes the run folders.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -19,10 +19,11 @@ from typing import Any
 from tuneloop import console
 from tuneloop.config import ProjectConfig
 from tuneloop.errors import UserError
+from tuneloop.registry import usage
 
 REGISTRY_FILE = "registry.sqlite"
 SCHEMA_VERSION = 1
-LEGACY_USAGE_LOG = "test-usage.jsonl"  # where `tuneloop eval` logged test-set use before the registry
+LEGACY_USAGE_LOG = usage.USAGE_LOG  # the same file: it was the record before the registry, and is again
 
 # --------------------------------------------------------------------------- the database
 
@@ -93,7 +94,7 @@ def registry_path(cfg: ProjectConfig) -> Path:
 
 @contextmanager
 def _connect(cfg: ProjectConfig) -> Iterator[sqlite3.Connection]:
-    """An open, up-to-date registry (created on first use); legacy test-usage logs are imported."""
+    """An open, up-to-date registry (created on first use), its test-set index in step with the usage log."""
     path = registry_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Autocommit mode: transactions are explicit (`_transaction`), so a check-then-write is atomic.
@@ -103,7 +104,7 @@ def _connect(cfg: ProjectConfig) -> Iterator[sqlite3.Connection]:
         # WAL lets `runs list` read while a training process records its run.
         conn.execute("PRAGMA journal_mode=WAL")
         _migrate(conn, path)
-        _import_legacy_usage(conn, path.parent)
+        _index_usage(conn, path.parent)
         yield conn
     finally:
         conn.close()
@@ -134,7 +135,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         if version > SCHEMA_VERSION:
             raise UserError(
                 f"{path} was written by a newer tuneloop (schema {version}, this one knows {SCHEMA_VERSION}); "
-                "upgrade tuneloop, or delete the file and run `tuneloop runs sync` to rebuild the index"
+                "upgrade tuneloop to read it"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[target]:
@@ -149,19 +150,22 @@ def record_test_use(cfg: ProjectConfig, sha256: str, runs: list[str], private: b
     """Record one evaluation of the test set with this hash; return how many times it has now been evaluated.
 
     A private test set is evaluated once only: a second use raises UserError before anything is recorded.
+    The entry goes to the usage log first (durably, under its lock), then into this index.
     """
-    with _connect(cfg) as conn, _transaction(conn):
-        same = conn.execute("SELECT time, runs FROM test_uses WHERE sha256 = ? ORDER BY id", (sha256,)).fetchall()
+    folder = registry_path(cfg).parent
+    with _connect(cfg):
+        pass  # indexing moves uses only an older registry knew into the log, before the check below
+    with usage.locked(folder) as entries:
+        same = [e for e in entries if e["test_sha256"] == sha256]
         if private and same:
             raise UserError(
                 f"the private test set was already evaluated on {same[0]['time']} (runs "
-                f"{', '.join(json.loads(same[0]['runs']))}); it is evaluated once only, so its verdict stays "
-                "unbiased. Register a new private set to look again"
+                f"{', '.join(same[0]['runs'])}); it is evaluated once only, so its verdict stays "
+                f"unbiased (recorded in {folder / usage.USAGE_LOG}). Register a new private set to look again"
             )
-        conn.execute(
-            "INSERT INTO test_uses (time, sha256, runs, private) VALUES (?, ?, ?, ?)",
-            (_now(), sha256, json.dumps(runs), int(private)),
-        )
+        usage.append(folder, usage.Use(time=_now(), test_sha256=sha256, runs=list(runs), private=private))
+    with _connect(cfg):
+        pass  # the index takes the new entry
     return len(same) + 1
 
 
@@ -176,38 +180,32 @@ def test_uses(cfg: ProjectConfig, sha256: str) -> list[dict[str, Any]]:
     ]
 
 
-def _import_legacy_usage(conn: sqlite3.Connection, folder: Path) -> None:
-    """Move an old `test-usage.jsonl` into the registry once, then rename it to `.imported`.
-
-    Entries already present are skipped, so a crash between the import and the rename imports nothing twice.
-    """
-    log = folder / LEGACY_USAGE_LOG
-    if not log.is_file():
+def _index_usage(conn: sqlite3.Connection, folder: Path) -> None:
+    """Make the `test_uses` table mirror the usage log; first copy into the log any use only the table knows
+    (recorded by a tuneloop that kept usage in the registry alone), so nothing is lost either way."""
+    rows = conn.execute("SELECT time, sha256, runs, private FROM test_uses ORDER BY id").fetchall()
+    indexed = [(r["time"], r["sha256"], r["runs"], r["private"]) for r in rows]
+    logged = usage.read(folder)
+    unlogged = Counter(indexed) - Counter(map(_row, logged))
+    if unlogged:
+        with usage.locked(folder) as current:
+            unlogged = Counter(indexed) - Counter(map(_row, current))
+            for time, sha, runs, private in unlogged.elements():
+                usage.append(
+                    folder, usage.Use(time=time, test_sha256=sha, runs=json.loads(runs), private=bool(private))
+                )
+        console.note(f"registry: {sum(unlogged.values())} test-set uses copied into {folder / usage.USAGE_LOG}")
+        logged = usage.read(folder)
+    if list(map(_row, logged)) == indexed:
         return
-    entries = []
-    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            e = json.loads(line)
-            entries.append((e["time"], e["test_sha256"], json.dumps(e.get("runs") or []), int(bool(e.get("private")))))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserError(f"{log}:{number}: not a test-usage entry ({err}); fix or delete that line") from None
     with _transaction(conn):
-        for entry in entries:
-            seen = conn.execute(
-                "SELECT 1 FROM test_uses WHERE time = ? AND sha256 = ? AND runs = ? AND private = ?", entry
-            ).fetchone()
-            if not seen:
-                conn.execute("INSERT INTO test_uses (time, sha256, runs, private) VALUES (?, ?, ?, ?)", entry)
-    imported = log.with_name(log.name + ".imported")
-    if imported.exists():  # a second legacy log (an older tuneloop wrote one again): keep both records
-        with imported.open("a", encoding="utf-8") as f:
-            f.write(log.read_text(encoding="utf-8"))
-        log.unlink()
-    else:
-        os.replace(log, imported)
-    console.note(f"registry: imported {len(entries)} test-set uses from {log} (kept as {imported.name})")
+        conn.execute("DELETE FROM test_uses")
+        conn.executemany("INSERT INTO test_uses (time, sha256, runs, private) VALUES (?, ?, ?, ?)", map(_row, logged))
+
+
+def _row(use: usage.Use) -> tuple[str, str, str, int]:
+    """A log entry as the table stores it."""
+    return use["time"], use["test_sha256"], json.dumps(use["runs"]), int(use["private"])
 
 
 def _now() -> str:
