@@ -242,12 +242,13 @@ def test_compute_loss_refuses_a_missing_token_count(monkeypatch: pytest.MonkeyPa
 def test_a_pickled_adapter_is_refused_when_a_run_is_loaded(tmp_path: Path, tiny_llama: Path):
     from peft import LoraConfig, get_peft_model
 
-    from tuneloop.models import load_causal_lm
+    from tuneloop import models
 
-    base, _ = load_causal_lm(str(tiny_llama), "float32", False)
+    base, _ = models.load_causal_lm(str(tiny_llama), "float32", False)
     adapted = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
     final = tmp_path / "run" / "final"
     adapted.save_pretrained(str(final), safe_serialization=False)
+    models.load_tokenizer(tiny_llama).save_pretrained(str(final))  # all a run's final/ holds, the pickle aside
     assert (final / "adapter_model.bin").is_file()
     (tmp_path / "tuneloop.yaml").write_text(f"task:\n  objective: x\n  type: chat\nmodel:\n  name: {tiny_llama}\n")
     with pytest.raises(UserError, match=r"holds pickled weights \(adapter_model.bin\)"):
