@@ -174,7 +174,8 @@ def test_curve_on_the_tiny_model(project: Path, cli) -> None:
     assert more.code == 0, more.err
     assert more.err.count("train reused") == 2 and more.err.count("train ran") == 1
     too_many = cli("curve", "--sizes", "12,4800", "--config", project)
-    assert too_many.code == 1 and "exceed the 48 train examples" in too_many.err
+    train_rows = json.loads((project.parent / "data/prepared/manifest.json").read_text())["splits"]["train"]["rows"]
+    assert too_many.code == 1 and f"exceed the {train_rows} train examples" in too_many.err
 
 
 # --------------------------------------------------------------------------- sweeps
