@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, tiny
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, *LAUNCHERS[launcher]]
     command += ["-m", "tuneloop", "train", "--config", str(path), "--set", "train.batch_size=2"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    done = run_in_own_group(command, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     folders = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]  # not the registry's files
     runs = sorted(folders, key=lambda p: p.stat().st_mtime)
@@ -101,7 +102,7 @@ def test_a_stop_seen_by_one_rank_is_agreed_by_all(tmp_path: Path, tiny_llama: Pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": _pythonpath()}
     command = [sys.executable, *LAUNCHERS["torchrun"], str(script), mode, str(path), str(tmp_path / "seen")]
     # Without agreement the other rank walks into the next step's collective and waits there for ever.
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    done = run_in_own_group(command, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = [json.loads((tmp_path / f"seen.{rank}").read_text()) for rank in (0, 1)]
     if mode == "sigterm":
@@ -111,6 +112,20 @@ def test_a_stop_seen_by_one_rank_is_agreed_by_all(tmp_path: Path, tiny_llama: Pa
     else:
         for rank in (0, 1):
             assert "the loss became nan on process 1 at step 3" in seen[rank]["error"]
+
+
+def run_in_own_group(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a launcher in its own process group; on a timeout kill the whole group, so no rank outlives the test."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            out, err = child.communicate()
+            pytest.fail(f"{command[:4]} did not finish in {timeout} s (a rank waiting in a collective?): {err[-2000:]}")
+    return subprocess.CompletedProcess(command, child.returncode, out, err)
 
 
 def _pythonpath() -> str:
