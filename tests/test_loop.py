@@ -257,3 +257,11 @@ def test_sweep_without_optuna_is_a_grid(monkeypatch: pytest.MonkeyPatch) -> None
     assert choose_strategy("auto") == "grid" and choose_strategy("random") == "random"
     with pytest.raises(UserError, match="pip install optuna"):
         choose_strategy("optuna")
+
+
+@pytest.mark.parametrize(("signal", "code"), [("SIGTERM", 143), ("SIGINT", 130), (None, 130)])
+def test_an_interrupted_loop_exits_with_the_signals_code(tmp_path: Path, signal: str | None, code: int) -> None:
+    from tuneloop.cli.run import stopped_exit_code
+
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "stopped", "signal": signal}))
+    assert stopped_exit_code(tmp_path) == code

@@ -42,7 +42,7 @@ def run(
     print_stages(result)
     if result.status == "interrupted":
         console.out.print("interrupted: run the same command again to resume training from its checkpoint")
-        raise typer.Exit(130)
+        raise typer.Exit(stopped_exit_code(result.run_dir))
     if result.report is not None and result.report_dir is not None:
         print_report(result.report, result.report_dir)
     if mlflow and result.run_dir is not None:
@@ -50,6 +50,17 @@ def run(
 
         mirrored = mirror_mlflow(cfg, mlflow, [result.run_dir.name])
         console.out.print(f"mlflow    {mlflow}: run {mirrored[result.run_dir.name]}", markup=False)
+
+
+def stopped_exit_code(run_dir: Path | None) -> int:
+    """The shell's code for the signal that stopped training (143 SIGTERM, 130 Ctrl-C), from the run's summary."""
+    import json
+
+    from tuneloop.cli.train import EXIT_CODES
+
+    summary = run_dir / "summary.json" if run_dir is not None else None
+    signal = json.loads(summary.read_text()).get("signal") if summary is not None and summary.is_file() else None
+    return EXIT_CODES.get(signal or "", 130)
 
 
 def print_stages(result: LoopResult) -> None:
