@@ -11,12 +11,10 @@ import difflib
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -25,6 +23,7 @@ from pydantic import (
 )
 
 from tuneloop import config_rules
+from tuneloop.config_yaml import Section, apply_override, describe, parse_yaml
 from tuneloop.errors import UserError
 
 CONFIG_FILENAME = "tuneloop.yaml"
@@ -98,10 +97,7 @@ def _yaml_off(value: Any) -> Any:
     return "off" if value is False else value
 
 
-class _Section(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Section = Section  # the name every section below was written against
 
 
 class TaskConfig(_Section):
@@ -542,7 +538,7 @@ def load(path: str | Path = CONFIG_FILENAME, overrides: Sequence[str] = ()) -> P
         hint = "run `tuneloop init DIR --task TYPE` to create one, or pass --config PATH"
         raise UserError(f"config file {path} not found; {hint}")
     text = path.read_text(encoding="utf-8")
-    data, lines = _parse_yaml(text, str(path))
+    data, lines = parse_yaml(text, str(path))
     cfg = _validate(data, lines, str(path), overrides)
     cfg._root = path.resolve().parent
     return cfg
@@ -561,7 +557,7 @@ def _validate(data: dict, lines: dict[tuple[str, ...], int], name: str, override
     origins: dict[tuple[str, ...], str] = {}
     for item in overrides:
         try:
-            key = _apply_override(data, item)
+            key = apply_override(data, item)
         except ValueError as e:
             problems.append(f"--set {item}: {e}")
             continue
@@ -569,7 +565,7 @@ def _validate(data: dict, lines: dict[tuple[str, ...], int], name: str, override
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as e:
-        described = [_describe(err, name, lines, origins) for err in e.errors()]
+        described = [describe(err, name, lines, origins, ProjectConfig) for err in e.errors()]
         problems += [text for _, text in sorted(described, key=lambda d: d[0])]
         cfg = None
     if problems:
@@ -577,123 +573,3 @@ def _validate(data: dict, lines: dict[tuple[str, ...], int], name: str, override
         raise UserError(f"{name}: {count} in the config:\n" + "\n".join(f"  {p}" for p in problems))
     assert cfg is not None
     return cfg
-
-
-def _parse_yaml(text: str, name: str) -> tuple[dict, dict[tuple[str, ...], int]]:
-    """Parse YAML into a dict plus a map from key path to the line it is on."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-        raise UserError(f"{where}: invalid YAML: {e.problem or e.context}") from e
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{name}: the config must be a mapping of sections (task:, model:, ...)")
-    lines: dict[tuple[str, ...], int] = {}
-    _collect_lines(node, (), lines)
-    return data, lines
-
-
-def _collect_lines(node: Any, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = (*prefix, str(key_node.value))
-            out[key] = key_node.start_mark.line + 1
-            _collect_lines(value_node, key, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            key = (*prefix, str(i))
-            out[key] = item.start_mark.line + 1
-            _collect_lines(item, key, out)
-
-
-def _apply_override(data: dict, item: str) -> tuple[str, ...]:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (1e-4, true, [a, b])."""
-    if "=" not in item:
-        raise ValueError("expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
-    dotted, raw = item.split("=", 1)
-    keys = tuple(k.strip() for k in dotted.split("."))
-    if not all(keys):
-        raise ValueError(f"'{dotted}' is not a dotted key like train.learning_rate")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ValueError(f"cannot parse value {raw!r}: {e}") from e
-    node = data
-    for depth, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"{'.'.join(keys[: depth + 1])} is a value, not a section")
-        node = child
-    node[keys[-1]] = value
-    return keys
-
-
-def _describe(err: dict, name: str, lines: dict[tuple[str, ...], int], origins: dict) -> tuple[int, str]:
-    """(line, message) for one validation error: where, which key, what is wrong, what to do."""
-    line, text = 0, _explain(err, name, lines, origins)
-    loc = tuple(str(p) for p in err["loc"])
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines and loc not in origins:
-            line = lines[loc[:n]]
-            break
-    return line, text
-
-
-def _explain(err: dict, name: str, lines: dict[tuple[str, ...], int], origins: dict) -> str:
-    loc = tuple(str(p) for p in err["loc"])
-    # Pydantic adds the union member or validator name to the location; drop what is not a key.
-    loc = tuple(p for p in loc if not p.startswith(("literal[", "list[", "function-")))
-    dotted = ".".join(loc) or "(top level)"
-    where = origins.get(loc)
-    if where is None:
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in lines:
-                where = f"{name}:{lines[loc[:n]]}"
-                break
-        else:
-            where = name
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        valid = _keys_at(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        parent = ".".join(loc[:-1])
-        prefix = f"{parent}." if parent else ""
-        if close:
-            return f"{where}: unknown key '{dotted}'; did you mean '{prefix}{close[0]}'?"
-        return f"{where}: unknown key '{dotted}'; valid keys here: {', '.join(valid)}"
-    if kind == "missing":
-        return f"{where}: '{dotted}' is required"
-    msg = err["msg"]
-    if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
-        close = difflib.get_close_matches(str(err.get("input")), choices, n=1, cutoff=0.5)
-        if close:
-            msg += f" (did you mean '{close[0]}'?)"
-    msg = msg.removeprefix("Value error, ")
-    return f"{where}: {dotted}: {msg}"
-
-
-def _keys_at(loc: tuple[str, ...]) -> list[str]:
-    """The valid keys of the section at `loc`, found by walking the pydantic models."""
-    model: Any = ProjectConfig
-    for key in loc:
-        field = model.model_fields.get(key) if isinstance(model, type) else None
-        if field is None:
-            return []
-        model = _section_type(field.annotation)
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
-
-
-def _section_type(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is not None:
-        for arg in get_args(annotation):
-            found = _section_type(arg)
-            if found is not None:
-                return found
-    return None
