@@ -248,6 +248,8 @@ def test_resample_on_all_indices_is_the_value_and_details_are_json(name):
     kwargs = {"schema": {"type": "object"}} if name == "json_schema" else {}
     if name in ("accuracy", "precision", "recall", "f1"):
         result = score(name, CLASS_OUTPUTS, CLASS_REFERENCES, labels=LABELS)
+    elif name == "json_match":
+        result = score(name, ['{"a": 1}', "no", '{"a": 2}'], ['{"a": 1}', '{"a": 1}', '{"a": 1}'])
     else:
         result = score(name, **kwargs)
     n = len(result.per_example)

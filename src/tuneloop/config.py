@@ -52,8 +52,8 @@ DataFormat = Literal[
 # The vocabulary of task metrics. `tuneloop eval` computes each with its reference library;
 # naming them here lets a typo fail at load time instead of after an hour of training.
 METRICS = tuple(
-    "rouge1 rouge2 rougeL bleu chrf exact_match normalized_exact_match accuracy precision recall f1 perplexity "
-    "flesch_kincaid json_valid json_schema output_length preference_accuracy".split()
+    "rouge1 rouge2 rougeL bleu chrf exact_match json_match normalized_exact_match accuracy precision recall f1 "
+    "perplexity flesch_kincaid json_valid json_schema output_length preference_accuracy".split()
 )
 
 DEFAULT_METRICS: dict[str, list[str]] = {

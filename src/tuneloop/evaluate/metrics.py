@@ -33,6 +33,7 @@ from jsonschema.validators import validator_for
 
 from tuneloop.config import _USER_METRIC  # the pattern the config validates 'module:function' with
 from tuneloop.errors import UserError
+from tuneloop.evaluate import json_fields
 
 # rouge-score (through nltk) and scikit-learn take seconds to import, so they are imported where they are
 # used: a report that only prints METRIC_INFO should not pay for them.
@@ -83,6 +84,13 @@ METRIC_INFO: dict[str, MetricInfo] = {
     ),
     "exact_match": MetricInfo(
         "share of predictions equal to the reference, ignoring surrounding whitespace",
+        "0–1",
+        True,
+        True,
+    ),
+    "json_match": MetricInfo(
+        "share of outputs that parse as strict JSON equal in value to the reference: key order and whitespace "
+        "do not count",
         "0–1",
         True,
         True,
@@ -291,6 +299,9 @@ def compute(
         scores = _classification(name, predictions, refs, labels)
     elif name == "flesch_kincaid":
         scores = _mean_of(name, [textstat.flesch_kincaid_grade(p) for p in predictions])
+    elif name == "json_match":
+        per_example, details = json_fields.json_match(ids, predictions, refs)
+        scores = MetricScores(name, float(per_example.mean()), per_example, True, details)
     elif name == "json_valid":
         scores = _json_valid(ids, predictions)
     elif name == "json_schema":

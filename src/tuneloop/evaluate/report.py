@@ -43,6 +43,7 @@ def write(
         "charts": {
             "metrics": _png(_metric_bars, report, cfg.task.metrics),
             "differences": _png(_difference_histograms, scores, primary) if len(systems) > 1 else None,
+            "fields": _png(_field_bars, report["fields"], report["systems"]) if report.get("fields") else None,
         },
         "examples": {s.name: _wins_and_losses(cases, systems, scores, primary, s.name) for s in systems[1:]},
     }
@@ -133,6 +134,24 @@ def _metric_bars(plt, report: dict[str, Any], metrics: list[str]):
     return fig
 
 
+def _field_bars(plt, fields: dict[str, Any], systems: list[str]):
+    """Grouped bars: per JSON field, the share each system gets right."""
+    names = fields["fields"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) * len(systems)), 3.2))
+    width = 0.8 / len(systems)
+    for i, name in enumerate(systems):
+        values = [fields["accuracy"][name][f] for f in names]
+        xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, values, width, label=name[:24], color="#999" if i == 0 else None)
+    ax.set_xticks(range(len(names)), [n[:16] for n in names], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share right")
+    ax.set_title("per-field accuracy", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def _difference_histograms(plt, scores: dict[str, dict[str, Any]], metric: str):
     names = [n for n in scores if n != "base"]
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
@@ -178,6 +197,19 @@ def _markdown(c: dict[str, Any]) -> str:
                 f"| {m} | {_num(x['baseline'])} | {_num(x['candidate'])} | {x['delta']:+.4g} | {rel} | "
                 f"[{x['ci_low']:+.4g}, {x['ci_high']:+.4g}] | {x['verdict']} |"
             )
+    if r.get("fields"):
+        f = r["fields"]
+        lines += ["", "## Per-field accuracy (JSON answers)", "", "| field | " + " | ".join(r["systems"]) + " |"]
+        lines.append("|---|" + "---|" * len(r["systems"]))
+        for name in f["fields"]:
+            cells = []
+            for system in r["systems"]:
+                cell = f"{f['accuracy'][system][name]:.3f}"
+                if system in f["comparisons"]:
+                    x = f["comparisons"][system][name]
+                    cell += f" ({x['delta']:+.3f} [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}])"
+                cells.append(cell)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if r["forgetting"]:
         lines += [
             "",

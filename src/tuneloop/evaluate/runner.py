@@ -26,6 +26,7 @@ from tuneloop.config import ProjectConfig
 from tuneloop.data.formats import Example
 from tuneloop.errors import UserError
 from tuneloop.evaluate.compare import Comparison, MeanScores, bootstrap_indices, compare
+from tuneloop.evaluate.json_fields import field_report
 from tuneloop.evaluate.metrics import METRIC_INFO, compute, needs_reference
 from tuneloop.evaluate.provenance import check_no_test_overlap, split_row_hashes
 from tuneloop.runs import check_same_base
@@ -445,6 +446,13 @@ def evaluate(
         s.name: {m: compare(scores[BASE][m], scores[s.name][m], indices, cfg.eval.confidence) for m in cfg.task.metrics}
         for s in systems[1:]
     }
+    fields = field_report(
+        [c.reference or "" for c in cases],
+        {s.name: [a.text for a in s.answers] for s in systems},
+        BASE,
+        indices,
+        cfg.eval.confidence,
+    )
     forgetting_result = None
     if general is not None:
         from tuneloop.evaluate.forgetting import compare_general
@@ -489,6 +497,7 @@ def evaluate(
             m: vars(METRIC_INFO[m]) if m in METRIC_INFO else {"description": "user metric"} for m in cfg.task.metrics
         },
         "comparisons": {name: {m: c.to_json() for m, c in per.items()} for name, per in comparisons.items()},
+        "fields": fields,
         "confidence": cfg.eval.confidence,
         "bootstrap": cfg.eval.bootstrap,
         "forgetting": forgetting_result,
