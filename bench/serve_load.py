@@ -1,7 +1,8 @@
-"""Load-test `tuneloop serve` on loopback: the dynamic batcher against the same server one request at a time.
+"""Load-test `tuneloop serve` on loopback: the dynamic batcher against the same server one request at a time,
+or (--compare-log) the server without and with its traffic log.
 
     .venv/bin/python bench/serve_load.py [--model smollm2-135m-instruct|tiny|FOLDER] [--duration 30]
-                                         [--clients 1,8,32] [--max-tokens 32] [--max-batch 32]
+                                         [--clients 1,8,32] [--max-tokens 32] [--max-batch 32] [--compare-log]
 
 For each mode it starts `tuneloop serve` itself on 127.0.0.1 (a free port, no request log), runs
 1, 8 and 32 concurrent clients for --duration seconds each (every client sends chat completions
@@ -9,7 +10,13 @@ back to back), then stops the server:
 - batched: `--max-batch N` (requests that arrive together are decoded together);
 - one at a time: `--max-batch 1`.
 Prints requests/s, output tokens/s, p50/p95 latency and failed requests per level, and the
-batching ratio (batched tokens/s over one-at-a-time tokens/s) at each client count. Everything is
+batching ratio (batched tokens/s over one-at-a-time tokens/s) at each client count.
+
+With --compare-log the two modes are instead the batched server without a traffic log and with
+`--log-file` (a fresh SQLite file, PII redacted with the default data.pii settings), and it prints
+the p50 latency ratio with over without the log at each client count, and how many requests the
+log holds and dropped (from the file and /metrics), so a log that silently wrote nothing cannot
+look free. Everything is
 bounded: clients stop starting requests at the deadline, every request has a timeout, and the
 server is stopped whatever happens. Traffic only goes to 127.0.0.1.
 """
@@ -77,9 +84,10 @@ class Server:
         return self.errors.read()[-4000:]
 
 
-def start_server(model: str, port: int, max_batch: int, max_tokens: int) -> Server:
+def start_server(model: str, port: int, max_batch: int, max_tokens: int, log_file: Path | None = None) -> Server:
     argv = [sys.executable, "-m", "tuneloop", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--max-batch", str(max_batch), "--max-concurrent", "512", "--max-tokens", str(max_tokens), "--no-log"]
+    argv += ["--max-batch", str(max_batch), "--max-concurrent", "512", "--max-tokens", str(max_tokens)]
+    argv += ["--no-log"] if log_file is None else ["--log-file", str(log_file)]
     errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop_server)
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, text=True, start_new_session=True)
     return Server(process, errors)
@@ -148,20 +156,70 @@ async def run_level(url: str, model: str, clients: int, duration: float, max_tok
     return level
 
 
-async def bench_mode(model: str, max_batch: int, levels: list[int], duration: float, max_tokens: int) -> list[Level]:
+async def bench_mode(
+    model: str,
+    max_batch: int,
+    levels: list[int],
+    duration: float,
+    max_tokens: int,
+    log_file: Path | None = None,
+    dropped: list[float] | None = None,
+) -> list[Level]:
+    """One server, warmed up, then each client count in turn. With `dropped`, appends the log's drop count."""
     import httpx
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(model, port, max_batch, max_tokens)
+    server = start_server(model, port, max_batch, max_tokens, log_file)
     try:
         await wait_ready(url, server)
         async with httpx.AsyncClient() as http:
             served = (await http.get(url + "/v1/models")).json()["data"][0]["id"]
         await run_level(url, served, 1, min(duration, 3), max_tokens)  # warm-up, not reported
-        return [await run_level(url, served, n, duration, max_tokens) for n in levels]
+        results = [await run_level(url, served, n, duration, max_tokens) for n in levels]
+        if dropped is not None:
+            async with httpx.AsyncClient() as http:
+                dropped.append(_sample((await http.get(url + "/metrics")).text, "tuneloop_log_dropped_total"))
+        return results
     finally:
         stop_server(server)
+
+
+def _sample(metrics: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise SystemExit(f"/metrics has no {name}")
+
+
+def _p50(level: Level) -> float:
+    return statistics.median(level.latencies) if level.latencies else float("nan")
+
+
+def compare_log(model: str, args: argparse.Namespace, levels: list[int], tmp: Path) -> None:
+    """The batched server without and with --log-file: p50 latency ratio per client count."""
+    from tuneloop import traffic
+
+    log_file, dropped = tmp / "traffic.sqlite", []
+    modes = (("without a traffic log", None), ("with --log-file (PII redaction on)", log_file))
+    results = {}
+    for label, log in modes:
+        results[label] = asyncio.run(
+            bench_mode(model, args.max_batch, levels, args.duration, args.max_tokens, log, dropped)
+        )
+        print(label)
+        for level in results[label]:
+            print("  " + level.line())
+    plain, logged = results.values()
+    answered = sum(len(level.latencies) + level.failures for level in logged)
+    stored = len(traffic.read_requests(log_file))
+    print(f"traffic log: {stored} requests stored, {dropped[-1]:g} dropped, of {answered} sent after the warm-up")
+    for p, q in zip(plain, logged, strict=True):
+        ratio = _p50(q) / _p50(p) if p.latencies else float("nan")
+        print(f"log overhead at {p.clients} clients: p50 {ratio:.3f}x without the log ({(ratio - 1) * 100:+.1f}%)")
 
 
 def tiny_model(folder: Path) -> str:
@@ -177,12 +235,18 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
     parser.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch")
+    parser.add_argument(
+        "--compare-log", action="store_true", help="compare the batched server without and with its traffic log"
+    )
     args = parser.parse_args()
     levels = [int(n) for n in args.clients.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "tiny") if args.model == "tiny" else args.model
         print(f"model {args.model}, {args.duration:g} s per level, max_tokens {args.max_tokens}, loopback only")
+        if args.compare_log:
+            compare_log(model, args, levels, Path(tmp))
+            return
         results = {}
         for label, max_batch in ((f"batched (--max-batch {args.max_batch})", args.max_batch), ("one at a time", 1)):
             results[label] = asyncio.run(bench_mode(model, max_batch, levels, args.duration, args.max_tokens))

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.serve_helpers import make_adapter_run, make_lively_llama, running
+from tuneloop import traffic
 from tuneloop.serve import adapters
 from tuneloop.serve.app import Limits, create_app
 from tuneloop.serve.reqlog import RequestLog
@@ -29,6 +30,7 @@ class Server:
     log: Path
     models: adapters.ModelSet
     runs: dict[str, Path]
+    request_log: RequestLog
 
     def client(self, key: str = KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120)
@@ -51,7 +53,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, lively: Path) -> dict[str, Pa
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, lively: Path, runs: dict[str, Path]):
     """base + adapters a and b, with an API key, an admin key and small caps; stopped after the module."""
-    log = tmp_path_factory.mktemp("serve-log") / "requests.jsonl"
+    log = tmp_path_factory.mktemp("serve-log") / "traffic.sqlite"
     plan = adapters.plan(str(lively), adapters={n: adapters.read_run(runs[n]) for n in ("a", "b")}, name="base")
     models = adapters.load(plan)
     limits = Limits(
@@ -64,9 +66,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, lively: Path, runs: dict[st
         max_batch=8,
         batch_window=0.02,
     )
-    app = create_app(models, limits, RequestLog(log), resolve_run=lambda ref: runs.get(ref, Path(ref)))
+    request_log = RequestLog(log)
+    app = create_app(models, limits, request_log, resolve_run=lambda ref: runs.get(ref, Path(ref)))
     with running(app) as url:
-        yield Server(url, log, models, runs)
+        yield Server(url, log, models, runs, request_log)
 
 
 def _greedy(client: openai.OpenAI, model: str, messages=CHAT, max_tokens: int = 12, **kwargs):
@@ -383,16 +386,22 @@ def test_metrics_count_requests_tokens_and_batches(server: Server) -> None:
 
 
 def test_request_log_rows(server: Server) -> None:
-    reply = _greedy(server.client(), "b", messages=[{"role": "user", "content": "log me"}])
-    rows = [json.loads(line) for line in server.log.read_text().splitlines()]
-    row = next(r for r in rows if r["id"] == reply.id)
+    reply = _greedy(server.client(), "b", messages=[{"role": "user", "content": "log me"}], n=2)
+    server.request_log.flush()
+    row = next(r for r in traffic.read_requests(server.log) if r["id"] == reply.id)
     assert row["model"] == "b" and row["adapter"] == "b" and row["route"] == "/v1/chat/completions"
-    assert row["messages"] == [{"role": "user", "content": "log me"}]
-    assert row["outputs"] == [reply.choices[0].message.content]
-    assert row["finish_reasons"] == [reply.choices[0].finish_reason]
+    assert row["messages"] == [{"role": "user", "content": "log me"}] and row["prompt"] is None
+    assert row["outputs"] == [c.message.content for c in reply.choices]
+    assert row["output"] == reply.choices[0].message.content
+    assert row["finish_reason"] == reply.choices[0].finish_reason
     assert row["prompt_tokens"] == reply.usage.prompt_tokens
     assert row["completion_tokens"] == reply.usage.completion_tokens
-    assert row["latency_s"] > 0 and row["params"]["temperature"] == 0
+    assert row["latency_s"] > 0 and row["params"]["temperature"] == 0 and row["params"]["n"] == 2
+    assert row["redacted"] is False  # this log was opened without a redactor
+    text = server.client().completions.create(model="a", prompt=["one", "two"], max_tokens=2)
+    server.request_log.flush()
+    row = next(r for r in traffic.read_requests(server.log) if r["id"] == text.id)
+    assert row["prompt"] == "one" and row["params"]["prompts"] == ["one", "two"] and len(row["outputs"]) == 2
 
 
 def test_32_concurrent_clients_all_succeed(server: Server) -> None:

@@ -4,7 +4,6 @@ the vLLM hand-off, and the text stream that cuts stop strings."""
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import openai
 import pytest
 
 from tests.serve_helpers import make_adapter_run, make_lively_llama, running
+from tuneloop import traffic
 from tuneloop.errors import UserError
 from tuneloop.serve import adapters
 from tuneloop.serve.app import Limits, create_app
@@ -38,7 +38,7 @@ def _in_flight(url: str) -> float:
 
 def test_429_above_the_limit_and_a_client_that_leaves_frees_its_slot(tmp_path: Path, lively: Path) -> None:
     models = adapters.load(adapters.plan(str(lively), name="m"))
-    log = tmp_path / "requests.jsonl"
+    log = tmp_path / "traffic.sqlite"
     app = create_app(models, Limits(max_concurrent=1), RequestLog(log))
     release = threading.Event()
     with running(app) as url:
@@ -67,9 +67,9 @@ def test_429_above_the_limit_and_a_client_that_leaves_frees_its_slot(tmp_path: P
             assert _metric(url, "tuneloop_batch_size_sum") == 1
         finally:
             release.set()
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert rows[0]["finish_reasons"] == ["cancelled"] and rows[0]["completion_tokens"] == 0  # never generated
-    assert rows[1]["finish_reasons"][0] in ("stop", "length")
+    rows = traffic.read_requests(log)  # the app's shutdown wrote what was queued
+    assert rows[0]["finish_reason"] == "cancelled" and rows[0]["completion_tokens"] == 0  # never generated
+    assert rows[1]["finish_reason"] in ("stop", "length")
 
 
 def test_a_request_past_the_timeout_is_504(lively: Path) -> None:
@@ -222,8 +222,7 @@ def test_cli_serves_a_run_by_id_with_its_key_log_and_caps(cli, tmp_path: Path, l
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
     monkeypatch.chdir(project)
-    log = tmp_path / "log" / "requests.jsonl"
-    result = cli("serve", "--run", run.name[:12], "--api-key", "k", "--max-n", "2", "--port", "8123", "--log", str(log))
+    result = cli("serve", "--run", run.name[:12], "--api-key", "k", "--max-n", "2", "--port", "8123", "--log")
     assert result.code == 0, result.err
     assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
     with running(started["app"]) as url:
@@ -233,6 +232,8 @@ def test_cli_serves_a_run_by_id_with_its_key_log_and_caps(cli, tmp_path: Path, l
         with pytest.raises(openai.BadRequestError, match="at most 2"):
             client.chat.completions.create(model=run.name, messages=CHAT, max_tokens=3, n=3)
         assert httpx.get(url + "/v1/models").status_code == 401
-    assert json.loads(log.read_text().splitlines()[0])["id"] == reply.id
-    latest = cli("serve", "--run", "latest", "--no-log")
+    (row,) = traffic.read_requests(project / "monitor" / "traffic.sqlite")
+    assert row["id"] == reply.id and row["redacted"]  # the project's data.pii is on by default
+    latest = cli("serve", "--run", "latest")
     assert latest.code == 0 and run.name in started["app"].state.served.models.entries
+    assert started["app"].state.served.log is None  # logging is opt-in

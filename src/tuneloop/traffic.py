@@ -148,6 +148,17 @@ def default_path(cfg: Any) -> Path:
     return cfg.root / FILENAME
 
 
+def redactor_for(pii: Any, root: Path | None = None) -> Callable[[str], str] | None:
+    """The data stage's PII redaction as a text → text function, for a `data.pii` section (PiiConfig);
+    None when its mode is not 'redact' ('detect' or 'off' leave training text as it is, so traffic too)."""
+    if pii.mode != "redact":
+        return None
+    from tuneloop.data.pii import PiiScanner
+
+    scanner = PiiScanner.from_config(pii, root)
+    return lambda text: scanner.redact(text)[0]
+
+
 # -- the writer -------------------------------------------------------------------------------------
 
 

@@ -12,8 +12,6 @@ import typer
 from tuneloop import config
 from tuneloop.cli.common import ConfigOption, SetOption, load_config
 
-DEFAULT_LOG = Path("serve-log") / "requests.jsonl"
-
 
 def serve(
     run: Annotated[
@@ -52,9 +50,17 @@ def serve(
     max_body_kb: Annotated[int, typer.Option(min=1, help="Largest request body, in KiB.")] = 1024,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds one request may take.")] = 300.0,
     log: Annotated[
-        Path, typer.Option("--log", help="Append each request and answer to this JSONL file.")
-    ] = DEFAULT_LOG,
-    no_log: Annotated[bool, typer.Option("--no-log", help="Keep no request log.")] = False,
+        bool,
+        typer.Option(
+            "--log/--no-log",
+            help="Record each request, answer and feedback in the project's monitor/traffic.sqlite "
+            "(PII redacted when data.pii is on).",
+        ),
+    ] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option("--log-file", help="Record traffic in this SQLite file instead (implies --log)."),
+    ] = None,
     dtype: Annotated[
         Literal["auto", "float32", "bfloat16", "float16"], typer.Option(help="Weight dtype for --model.")
     ] = "auto",
@@ -93,7 +99,6 @@ def serve(
     import uvicorn
 
     from tuneloop.serve.app import Limits, create_app
-    from tuneloop.serve.reqlog import RequestLog
 
     limits = Limits(
         api_key=api_key,
@@ -109,14 +114,41 @@ def serve(
     )
     console.note(f"loading {plan.base}" + "".join(f" + {n}" for n in plan.adapters))
     models = served_models.load(plan)
-    request_log = None if no_log else RequestLog(log)
+    request_log = _traffic_log(log_file, config_path, overrides) if log or log_file is not None else None
     app = create_app(models, limits, request_log, resolve_run)
     console.note(
         f"serving {', '.join(models.entries)} on http://{host}:{port}/v1 "
         f"({'API key required' if api_key else 'no API key'}; admin routes {'on' if admin_key else 'off'}; "
-        f"request log {'off' if request_log is None else request_log.path})"
+        f"traffic log {'off' if request_log is None else request_log.path})"
     )
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def _traffic_log(log_file: Path | None, config_path: Path, overrides: list[str] | None):
+    """The server's traffic log: the project's monitor/traffic.sqlite (or `log_file`), redacting PII
+    as the project's data.pii says; outside a project, `--log-file` with the default redaction."""
+    from tuneloop import console, traffic
+    from tuneloop.errors import UserError
+    from tuneloop.serve.reqlog import RequestLog
+
+    if config_path.is_file():
+        cfg = load_config(config_path, overrides)
+        path, pii, root = log_file or traffic.default_path(cfg), cfg.data.pii, cfg.root
+    elif log_file is not None:
+        path, pii, root = log_file, config.PiiConfig(), None
+        console.note(f"no {config_path} here: traffic is redacted with the default data.pii settings")
+    else:
+        raise UserError(
+            f"--log records traffic in the project's monitor/traffic.sqlite, but there is no {config_path} here: "
+            "run from the project folder, pass --config PATH, or give --log-file PATH"
+        )
+    redactor = traffic.redactor_for(pii, root)
+    log = RequestLog(path, redactor)
+    if not log.store.healthy:
+        console.warn(f"the traffic log {path} cannot be written now; serving anyway and counting dropped records")
+    if redactor is None:
+        console.note(f"data.pii.mode is {pii.mode}: traffic is logged without PII redaction")
+    return log
 
 
 def _loopback(host: str) -> bool:

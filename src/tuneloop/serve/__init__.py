@@ -5,7 +5,7 @@ batcher.py   the generation worker: gathers requests into batches and decodes th
 schemas.py   the OpenAI request bodies, validated, and the errors in OpenAI's shape
 app.py       the FastAPI routes, and the guard for keys, body size, concurrency and metrics
 completions.py  one request: caps, its rows on the batcher, the OpenAI response or SSE stream
-reqlog.py    the JSONL request log that `monitor` reads
+reqlog.py    the traffic log (--log): a queue and a writer thread into tuneloop.traffic, which `monitor` reads
 metrics.py   the Prometheus metrics behind /metrics
 vllm.py      `--backend vllm`: the same model and adapters handed to vLLM's own server
 """

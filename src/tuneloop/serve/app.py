@@ -4,6 +4,7 @@
   GET  /v1/models              the served names: base, merged model, adapters
   POST /v1/chat/completions    chat, rendered with the training renderer; `stream: true` for SSE
   POST /v1/completions         raw text prompts
+  POST /v1/feedback            thumbs up/down, a correction for a response id (needs --log)
   GET  /metrics                Prometheus metrics
   POST /admin/adapters         load a run's adapter under a name     (only with an admin key)
   DELETE /admin/adapters/NAME  unload it                              (only with an admin key)
@@ -36,13 +37,14 @@ from tuneloop.serve.schemas import (
     ApiError,
     ChatRequest,
     CompletionRequest,
+    FeedbackRequest,
     parse,
     too_large,
 )
 
 log = logging.getLogger("tuneloop.serve")
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
-KNOWN_ROUTES = ("/health", "/v1/models", *GENERATION_ROUTES, "/metrics", "/admin/adapters")
+KNOWN_ROUTES = ("/health", "/v1/models", *GENERATION_ROUTES, "/v1/feedback", "/metrics", "/admin/adapters")
 
 
 def create_app(
@@ -65,6 +67,8 @@ def create_app(
     )
     served = Served(models, batcher, limits, metrics, request_log, resolve_run)
     metrics.queue_depth.set_function(batcher.depth)
+    if request_log is not None:
+        request_log.on_drop = metrics.log_dropped.inc
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -138,6 +142,8 @@ class Guard:
                 self.served.in_flight -= 1
                 self.served.metrics.in_flight.dec()
             self.served.metrics.requests.labels(route, str(status["code"])).inc()
+            if status["code"] >= 400:
+                self.served.metrics.errors.labels(route, str(status["code"])).inc()
             self.served.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
     def _check(self, scope: dict, path: str) -> ApiError | None:
@@ -233,6 +239,25 @@ def _routes(app: FastAPI, served: Served) -> None:
         job = build_job(served, request, "/v1/completions", body, entry, prompts, "prompt")
         job.logged = {"messages": None, "prompt": body.prompts()}
         return await respond(job, body.stream, body.stream_options and body.stream_options.include_usage)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        body = parse(await _read(request, served.limits.max_body_bytes), FeedbackRequest)
+        if served.log is None:
+            raise ApiError(
+                409,
+                "this server keeps no traffic log, so feedback has nowhere to go: restart it with --log",
+                code="logging_off",
+            )
+        if body.rating is None and body.correction is None and body.comment is None:
+            raise ApiError(400, "give at least one of 'rating' (up or down), 'correction' or 'comment'", "rating")
+        outcome = await asyncio.wrap_future(served.log.feedback(body.id, body.rating, body.correction, body.comment))
+        if outcome == "unknown":
+            raise ApiError(404, f"no logged response has the id {body.id!r}", "id", "not_found")
+        if outcome == "dropped":
+            raise ApiError(503, "the traffic log cannot be written now; the server's log says why", type="server_error")
+        served.metrics.feedback.labels(body.rating or "none").inc()
+        return {"id": body.id, "object": "feedback", "stored": True}
 
     if served.limits.admin_key is not None:
         _admin_routes(app, served)

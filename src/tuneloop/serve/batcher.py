@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tuneloop.serve.reqlog import FinishReason
+from tuneloop.traffic import FinishReason
 
 log = logging.getLogger("tuneloop.serve")
 T = TypeVar("T")

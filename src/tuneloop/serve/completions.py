@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from tuneloop.serve.adapters import Entry, ModelSet
 from tuneloop.serve.batcher import Batcher, Event, Row, Sampling, TextStream
 from tuneloop.serve.metrics import Metrics
-from tuneloop.serve.reqlog import FinishReason, LogRow, RequestLog, now
+from tuneloop.serve.reqlog import RequestLog
 from tuneloop.serve.schemas import ApiError, ChatRequest, CompletionRequest
+from tuneloop.traffic import FinishReason, TrafficRow, now
 
 
 @dataclass(frozen=True)
@@ -125,23 +126,28 @@ class Job:
         m.prompt_tokens.labels(self.model).inc(self.prompt_tokens)
         m.completion_tokens.labels(self.model).inc(sum(self.tokens))
         if self.served.log is not None and self.submitted:
-            self.served.log.write(
-                LogRow(
-                    time=self.arrived,
-                    id=self.id,
-                    route=self.route,
-                    model=self.model,
-                    adapter=self.adapter,
-                    messages=self.logged.get("messages"),
-                    prompt=self.logged.get("prompt"),
-                    params=self.params,
-                    outputs=self.texts,
-                    finish_reasons=[r or "cancelled" for r in self.reasons],
-                    prompt_tokens=self.prompt_tokens,
-                    completion_tokens=sum(self.tokens),
-                    latency_s=round(time.perf_counter() - self.started, 4),
-                )
-            )
+            self.served.log.record(self.traffic_row())
+
+    def traffic_row(self) -> TrafficRow:
+        """This request and its answers as one row of the traffic log."""
+        prompts = self.logged.get("prompt")
+        params = dict(self.params, prompts=prompts) if prompts and len(prompts) > 1 else self.params
+        return TrafficRow(
+            id=self.id,
+            time=self.arrived,
+            route=self.route,
+            model=self.model,
+            adapter=self.adapter,
+            messages=self.logged.get("messages"),
+            prompt=prompts[0] if prompts else None,
+            output=self.texts[0],
+            outputs=list(self.texts),
+            finish_reason=self.reasons[0] or "cancelled",
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=sum(self.tokens),
+            latency_s=round(time.perf_counter() - self.started, 4),
+            params=params,
+        )
 
     def usage(self) -> dict[str, int]:
         done = sum(self.tokens)
@@ -301,6 +307,7 @@ async def _sse(job: Job, include_usage: bool) -> AsyncIterator[str]:
             event = await job.next_event(deadline)
             job.take(event)
             if event.error is not None:
+                job.served.metrics.errors.labels(job.route, "500").inc()  # sent in the stream, after a 200
                 yield _data(ApiError(500, event.error, type="server_error").body())
                 return
             if event.text:
@@ -311,6 +318,7 @@ async def _sse(job: Job, include_usage: bool) -> AsyncIterator[str]:
         return
     except TimeoutError:
         job.close("timeout")
+        job.served.metrics.errors.labels(job.route, "504").inc()
         yield _data(ApiError(504, "the request exceeded the server's timeout", type="timeout", code="timeout").body())
         return
     if include_usage:

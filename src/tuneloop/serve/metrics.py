@@ -34,6 +34,16 @@ class Metrics:
         )
         self.queue_depth = Gauge("tuneloop_queue_depth", "Rows waiting for the generation worker", registry=r)
         self.in_flight = Gauge("tuneloop_in_flight", "Requests being served (queued or generating)", registry=r)
+        self.errors = Counter(
+            "tuneloop_errors",
+            "Responses with an error status (4xx, 5xx) by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "tuneloop_log_dropped", "Traffic log records (requests, feedback) that could not be written", registry=r
+        )
+        self.feedback = Counter("tuneloop_feedback", "Feedback stored, by rating", ["rating"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -124,6 +124,15 @@ class AdapterRequest(_Body):
     run: Annotated[str, Field(min_length=1)]
 
 
+class FeedbackRequest(_Body):
+    """POST /v1/feedback: a thumbs up or down, and optionally the answer that should have been given."""
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]  # the response id the client saw
+    rating: Literal["up", "down"] | None = None
+    correction: Annotated[str, Field(min_length=1, max_length=100_000)] | None = None
+    comment: Annotated[str, Field(max_length=10_000)] | None = None
+
+
 Body = TypeVar("Body", bound=_Body)
 
 
