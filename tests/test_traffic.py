@@ -95,6 +95,12 @@ def test_since_filters_requests_and_feedback(tmp_path: Path) -> None:
     later = datetime(2026, 11, 27, 13, 0, tzinfo=timezone(timedelta(hours=1)))  # 12:00 UTC, exactly 3 days
     assert [r["id"] for r in traffic.read_requests(path, later)] == ["chatcmpl-3", "chatcmpl-0"]
     assert len(traffic.read_requests(path)) == 3
+    assert [r["id"] for r in traffic.read_requests(path, ids={"chatcmpl-10", "chatcmpl-0", "other"})] == [
+        "chatcmpl-10",
+        "chatcmpl-0",
+    ]
+    assert [r["id"] for r in traffic.read_requests(path, since, ids=["chatcmpl-10", "chatcmpl-0"])] == ["chatcmpl-0"]
+    assert traffic.read_requests(path, ids=[]) == []
 
 
 def test_parse_since() -> None:

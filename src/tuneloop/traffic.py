@@ -25,7 +25,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -397,13 +397,24 @@ def _explain(e: BaseException, path: Path) -> str:
 # -- readers ----------------------------------------------------------------------------------------
 
 
-def read_requests(path: Path, since: datetime | None = None) -> list[TrafficRow]:
-    """Every stored request, oldest first; only those that arrived at or after `since` when given."""
+def read_requests(path: Path, since: datetime | None = None, ids: Collection[str] | None = None) -> list[TrafficRow]:
+    """Every stored request, oldest first; only those that arrived at or after `since`, and only those
+    whose id is in `ids`, when given."""
     sql = f"SELECT {', '.join(_COLUMNS)} FROM requests"
-    args: tuple[Any, ...] = ()
+    clauses, args = [], []
     if since is not None:
-        sql, args = sql + " WHERE time >= ?", (_stamp(since),)
-    rows = _query(path, sql + " ORDER BY time, id", args)
+        clauses.append("time >= ?")
+        args.append(_stamp(since))
+    if ids is not None:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        # one JSON parameter rather than `IN (?, ?, ...)`: SQLite caps the number of parameters
+        clauses.append("id IN (SELECT value FROM json_each(?))")
+        args.append(json.dumps(wanted))
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    rows = _query(path, sql + " ORDER BY time, id", tuple(args))
     return [_request_row(r) for r in rows]
 
 

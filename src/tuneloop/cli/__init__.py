@@ -18,6 +18,7 @@ from tuneloop.cli import export as export_cmd
 from tuneloop.cli import generate as generate_cmd
 from tuneloop.cli import init as init_cmd
 from tuneloop.cli import models as models_cmd
+from tuneloop.cli import monitor as monitor_cmd
 from tuneloop.cli import plan as plan_cmd
 from tuneloop.cli import quickstart as quickstart_cmd
 from tuneloop.cli import run as run_cmd
@@ -68,6 +69,7 @@ app.command("eval")(eval_cmd.evaluate)
 app.command("export")(export_cmd.export)
 app.add_typer(runs_cmd.app, name="runs")
 app.command("serve")(serve_cmd.serve)
+app.add_typer(monitor_cmd.app, name="monitor")
 app.command("run")(run_cmd.run)
 app.command("curve")(curve_cmd.curve)
 app.command("sweep")(sweep_cmd.sweep)

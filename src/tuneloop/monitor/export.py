@@ -1,0 +1,168 @@
+"""`tuneloop monitor export`: the Iterate edge of the loop. Traffic people corrected becomes training data.
+
+From the traffic log (`tuneloop serve --log`) and its feedback (`POST /v1/feedback`; the latest
+feedback on a response counts), it picks the responses whose feedback was given in the window:
+
+  corrected   feedback with a correction: the person wrote the answer the model should have given.
+              Written as training records in a format `tuneloop data prepare` reads, with the
+              correction as the answer (never the model's own answer).
+  down        a thumbs down. With a correction it is a training record as above; without one there
+              is no right answer to train on, so it goes to a review file instead (the request, the
+              wrong answer, the comment), for a person to write the answer.
+
+The training file goes to `data/traffic/export-<time>.jsonl` by default: add `data/traffic` to
+`data.train` once, and each later export is picked up by the next `data prepare`. Nothing empty is
+written (an empty file would stop `data prepare`). Records are split like any other data, by the
+content hash of each record.
+
+The record format follows the project's task type:
+  chat and the others   chat requests: {"messages": [...the conversation..., {assistant: correction}]},
+                        earlier assistant turns with weight 0 (only the correction is endorsed);
+                        text completions: {"prompt", "completion"} in a second file (-completions)
+  preference            {"prompt", "chosen": correction, "rejected": the model's answer}
+  classification        {"text": the user's text, "label": correction}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from tuneloop import traffic
+from tuneloop.config import ProjectConfig
+from tuneloop.errors import UserError
+from tuneloop.traffic import FeedbackRow, TrafficRow
+
+Only = Literal["down", "corrected", "all"]
+ONLY: tuple[Only, ...] = ("down", "corrected", "all")
+EXPORT_DIR = Path("data") / "traffic"
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote, and why each response it looked at went where it went."""
+
+    written: dict[str, int] = field(default_factory=dict)  # file path → records (only files that were written)
+    review_path: Path | None = None
+    review_rows: int = 0
+    with_feedback: int = 0  # responses whose latest feedback falls in the window
+    corrected: int = 0
+    down_uncorrected: int = 0
+    not_logged: int = 0  # feedback whose request is not in the log (deleted, or another log)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {id, reason}: picked but not convertible
+
+
+def export(
+    cfg: ProjectConfig,
+    since: datetime | None = None,
+    only: Only = "all",
+    out: Path | None = None,
+    review_out: Path | None = None,
+    log_path: Path | None = None,
+) -> ExportResult:
+    """Write the picked responses as training records (and a review file); see the module docstring."""
+    if only not in ONLY:
+        raise UserError(f"--only {only!r}: choose one of {', '.join(ONLY)}")
+    path = log_path or traffic.default_path(cfg)
+    latest = {
+        rid: fb
+        for rid, fb in traffic.latest_feedback(path).items()
+        if since is None or datetime.fromisoformat(fb["time"]) >= since
+    }
+    requests = {row["id"]: row for row in traffic.read_requests(path, ids=latest)}
+    result = ExportResult(with_feedback=len(latest), not_logged=len(set(latest) - set(requests)))
+    records: dict[str, list[dict[str, Any]]] = {"main": [], "completions": []}
+    review: list[dict[str, Any]] = []
+    for rid, fb in sorted(latest.items(), key=lambda item: item[1]["id"]):
+        row = requests.get(rid)
+        if row is None:
+            continue
+        corrected = bool(fb["correction"] and fb["correction"].strip())
+        down = fb["rating"] == "down"
+        if corrected and (only != "down" or down):
+            try:
+                kind, record = training_record(row, fb, cfg.task.type)
+            except ValueError as e:
+                result.skipped.append({"id": rid, "reason": str(e)})
+                continue
+            records[kind].append(record)
+            result.corrected += 1
+        elif down and only in ("down", "all"):
+            review.append(review_record(row, fb))
+            result.down_uncorrected += 1
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    main = out or cfg.root / EXPORT_DIR / f"export-{stamp}.jsonl"
+    targets = {"main": main, "completions": main.with_name(main.stem + "-completions" + main.suffix)}
+    for kind, rows in records.items():
+        if rows:
+            _write_jsonl(targets[kind], rows)
+            result.written[str(targets[kind])] = len(rows)
+    if review:
+        result.review_path = review_out or cfg.root / "monitor" / f"review-{stamp}.jsonl"
+        _write_jsonl(result.review_path, review)
+        result.review_rows = len(review)
+    return result
+
+
+def training_record(row: TrafficRow, fb: FeedbackRow, task_type: str) -> tuple[str, dict[str, Any]]:
+    """(file kind, record) for a corrected response: 'main' or 'completions'. ValueError when the
+    request cannot become a record of the task's format (the reason is reported, the row skipped)."""
+    correction = (fb["correction"] or "").strip()
+    source = {"traffic_id": row["id"]}
+    if row["messages"] is not None:
+        conversation = [m for m in row["messages"] if m["content"].strip()]
+        if not conversation or conversation[-1]["role"] != "user":
+            raise ValueError("the conversation does not end with a user turn")
+        prompt: list[dict[str, Any]] | str = conversation
+        user_text = conversation[-1]["content"]
+    elif row["prompt"]:
+        if row["params"].get("prompts"):
+            raise ValueError("a request with several prompts has one correction for several answers")
+        prompt = user_text = row["prompt"]
+    else:
+        raise ValueError("the request has neither messages nor a prompt")
+    if task_type == "preference":
+        if row["output"].strip() == correction:
+            raise ValueError("the correction is the model's own answer: no preference to learn")
+        return "main", {"prompt": prompt, "chosen": correction, "rejected": row["output"], **source}
+    if task_type == "classification":
+        return "main", {"text": user_text, "label": correction, **source}
+    if isinstance(prompt, str):
+        return "completions", {"prompt": prompt, "completion": correction, **source}
+    earlier = [dict(m, weight=0) if m["role"] == "assistant" else dict(m) for m in prompt]
+    return "main", {"messages": [*earlier, {"role": "assistant", "content": correction}], **source}
+
+
+def review_record(row: TrafficRow, fb: FeedbackRow) -> dict[str, Any]:
+    """A thumbs-down response without a correction, as a person needs it to write the right answer."""
+    return {
+        "traffic_id": row["id"],
+        "time": row["time"],
+        "model": row["model"],
+        "adapter": row["adapter"],
+        "messages": row["messages"],
+        "prompt": row["prompt"],
+        "answer": row["output"],
+        "finish_reason": row["finish_reason"],
+        "rating": fb["rating"],
+        "comment": fb["comment"],
+        "feedback_time": fb["time"],
+        "todo": "thumbs down without a correction: write the right answer (POST /v1/feedback with a correction) "
+        "before it can be trained on",
+    }
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write whole or not at all: a half-written file in data/traffic would be read by the next prepare."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
