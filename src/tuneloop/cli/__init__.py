@@ -21,6 +21,7 @@ from tuneloop.cli import models as models_cmd
 from tuneloop.cli import monitor as monitor_cmd
 from tuneloop.cli import plan as plan_cmd
 from tuneloop.cli import quickstart as quickstart_cmd
+from tuneloop.cli import review as review_cmd
 from tuneloop.cli import run as run_cmd
 from tuneloop.cli import runs as runs_cmd
 from tuneloop.cli import serve as serve_cmd
@@ -70,6 +71,7 @@ app.command("export")(export_cmd.export)
 app.add_typer(runs_cmd.app, name="runs")
 app.command("serve")(serve_cmd.serve)
 app.add_typer(monitor_cmd.app, name="monitor")
+app.add_typer(review_cmd.app, name="review")
 app.command("run")(run_cmd.run)
 app.command("curve")(curve_cmd.curve)
 app.command("sweep")(sweep_cmd.sweep)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 
@@ -27,3 +28,13 @@ SetOption = Annotated[
 def load_config(path: Path, overrides: list[str] | None) -> config.ProjectConfig:
     """Load the config with overrides; every command goes through here."""
     return config.load(path, overrides or [])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps a server on this machine (anything else needs a key)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere

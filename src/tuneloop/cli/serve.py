@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import ConfigOption, SetOption, load_config
+from tuneloop.cli.common import ConfigOption, SetOption, is_loopback, load_config
 
 
 def serve(
@@ -72,7 +71,7 @@ def serve(
     from tuneloop.errors import UserError
     from tuneloop.serve import adapters as served_models
 
-    if not _loopback(host) and not api_key:
+    if not is_loopback(host) and not api_key:
         raise UserError(
             f"--host {host} exposes the server beyond this machine; give --api-key KEY (or set TUNELOOP_API_KEY) "
             "so that only clients with the key can use it"
@@ -149,15 +148,6 @@ def _traffic_log(log_file: Path | None, config_path: Path, overrides: list[str] 
     if redactor is None:
         console.note(f"data.pii.mode is {pii.mode}: traffic is logged without PII redaction")
     return log
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
 
 
 def _adapter_arg(item: str) -> tuple[str, str]:

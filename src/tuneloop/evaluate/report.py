@@ -3,7 +3,9 @@
 metrics.json holds the numbers; this module only presents them. Sections, in order: the test set
 and its reuse, the runs (config, data hashes, loss curves), the metric table with intervals,
 bar charts, the distribution of per-example differences, the largest wins and losses, forgetting,
-output signals, red-team probes, and the judge.
+output signals, red-team probes, the judge, and the human review when `tuneloop review results`
+has written `human-review.json` into the evaluation folder (read by that path only: evaluation
+does not import the review stage).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
 
 TOP = 10
+HUMAN_REVIEW_FILE = "human-review.json"
+HUMAN_START, HUMAN_END = "<!-- human-review -->", "<!-- /human-review -->"
 
 
 def write(
@@ -31,8 +35,6 @@ def write(
     run_dirs: list[Path],
 ) -> tuple[Path, Path]:
     """Write report.html and report.md into `out_dir`; return their paths."""
-    import jinja2
-
     primary = cfg.task.metrics[0]
     context = {
         "r": report,
@@ -46,15 +48,79 @@ def write(
             "fields": _png(_field_bars, report["fields"], report["systems"]) if report.get("fields") else None,
         },
         "examples": {s.name: _wins_and_losses(cases, systems, scores, primary, s.name) for s in systems[1:]},
+        "human": _human_review(out_dir),
     }
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    html_path.write_text(_templates().get_template("report.html.j2").render(**context), encoding="utf-8")
+    md_path.write_text(_markdown(context) + _human_markdown(context["human"]), encoding="utf-8")
+    return html_path, md_path
+
+
+def add_human_review(out_dir: Path) -> None:
+    """Put the human review section into an existing report (after `tuneloop review results`)."""
+    human = _human_review(out_dir)
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    if human is None or not html_path.is_file():
+        return
+    section = _templates().get_template("human_review.html.j2").render(human=human)
+    html = html_path.read_text(encoding="utf-8")
+    html = _replace_between(html, section, before="</body>")
+    html_path.write_text(html, encoding="utf-8")
+    if md_path.is_file():
+        md_path.write_text(
+            _replace_between(md_path.read_text(encoding="utf-8"), _human_markdown(human)), encoding="utf-8"
+        )
+
+
+def _replace_between(text: str, section: str, before: str | None = None) -> str:
+    """`text` with the marked human-review block replaced by `section` (added when absent)."""
+    start, end = text.find(HUMAN_START), text.find(HUMAN_END)
+    if start >= 0 and end > start:
+        return text[:start] + section.strip() + text[end + len(HUMAN_END) :]
+    at = text.rfind(before) if before else -1
+    return text[:at] + section.strip() + "\n" + text[at:] if at >= 0 else text.rstrip("\n") + "\n" + section
+
+
+def _templates():
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
     env.filters["num"] = _num
-    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    html_path.write_text(env.get_template("report.html.j2").render(**context), encoding="utf-8")
-    md_path.write_text(_markdown(context), encoding="utf-8")
-    return html_path, md_path
+    return env
+
+
+def _human_review(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / HUMAN_REVIEW_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None  # a broken file must not break the report; `review results` rewrites it
+
+
+def _human_markdown(human: dict[str, Any] | None) -> str:
+    if human is None:
+        return ""
+    lines = ["", HUMAN_START, "## Human review", ""]
+    lines.append(
+        f"Review `{human['review']}` ({human['mode']}): {human['rated_items']} of {human['items']} items rated, "
+        f"{human['ratings']} ratings, {human['corrections']} corrections."
+    )
+    w = human.get("win_rate")
+    if w and w["rate"] is not None:
+        lines.append(
+            f"Win rate of {w['candidate']} over {w['baseline']}: {w['rate']:.1%} "
+            f"[{w['ci'][0]:.1%}, {w['ci'][1]:.1%}] (Wilson); {w['wins']} wins, {w['losses']} losses, {w['ties']} ties."
+        )
+    for system, per in (human.get("rubric") or {}).items():
+        lines.append(f"- {system}: " + ", ".join(f"{c} {v['mean']:.2f}" for c, v in per.items()))
+    for flag, per in human["flags"].items():
+        lines.append(
+            f"- {flag}: " + ", ".join(f"{s} {v['rate']:.1%} ({v['flagged']}/{v['ratings']})" for s, v in per.items())
+        )
+    lines.append(HUMAN_END)
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- pieces
