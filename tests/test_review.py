@@ -68,6 +68,8 @@ def test_create_from_jsonl_reads_prompt_output_pairs_and_messages_rows(cli, proj
     rows = [
         {"prompt": "hello?", "output": "hi"},
         {"messages": [{"role": "user", "content": "where is my order?"}, {"role": "assistant", "content": "shipped"}]},
+        # the review file of `tuneloop monitor export` (monitor.export.review_record): prompt turns + the answer
+        {"messages": [{"role": "user", "content": "refund?"}], "prompt": None, "answer": "no", "model": "m", "rating": -1},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = project / "tuneloop.yaml"
@@ -76,8 +78,8 @@ def test_create_from_jsonl_reads_prompt_output_pairs_and_messages_rows(cli, proj
     r = cli("review", "create", "--from-jsonl", path, "--mode", "rubric", "--name", "rb", "-c", cfg)
     assert r.code == 0, r.err
     items = Store(project / "reviews" / STORE_FILE).items("rb")
-    assert sorted(i.conversation[-1]["content"] for i in items) == ["hello?", "where is my order?"]
-    assert sorted(i.candidates[0].text for i in items) == ["hi", "shipped"]
+    assert sorted(i.conversation[-1]["content"] for i in items) == ["hello?", "refund?", "where is my order?"]
+    assert sorted(i.candidates[0].text for i in items) == ["hi", "no", "shipped"]
     path.write_text('{"prompt": "x"}\nnot json\n')
     r = cli("review", "create", "--from-jsonl", path, "--mode", "rubric", "-c", cfg)
     assert r.code == 1 and "monitor.jsonl:1" in r.err and "monitor.jsonl:2" in r.err

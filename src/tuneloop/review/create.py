@@ -128,7 +128,9 @@ def from_jsonl(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
     Each line is one of:
     - {"messages": [...]}: the last assistant turn is the answer, the turns before it the prompt
-      (the format `tuneloop monitor export` and `review export` write);
+      (the training records `tuneloop monitor export` and `review export` write);
+    - {"messages": [...prompt turns], "answer": str}: the review file of `tuneloop monitor export`
+      (thumbs-down answers without a correction);
     - {"prompt": str or messages, "output" | "completion" | "response": str}: one answer;
     - {"prompt": ..., "outputs": [str or {"system": name, "output": str}, ...]}: several answers.
     Optional: "id", "reference", "system" (the name of a single answer's model).
@@ -157,14 +159,20 @@ def _jsonl_row(value: Any, default_id: str) -> dict[str, Any]:
     reference = value.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise ValueError("field 'reference' must be a string")
-    if "messages" in value:
+    answer_key = next((k for k in ANSWER_KEYS if value.get(k) is not None), None)
+    if value.get("messages") is not None and answer_key is not None:  # a monitor review file: prompt turns + answer
+        conversation = _messages(value["messages"], "messages")
+        candidates = [
+            Candidate(_name(value.get("system") or value.get("model"), "model"), _str(value[answer_key], answer_key))
+        ]
+    elif value.get("messages") is not None:
         messages = _messages(value["messages"], "messages")
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last is None or last == 0:
             raise ValueError("field 'messages' needs a prompt turn and an assistant answer after it")
         conversation = messages[:last]
         candidates = [Candidate(_name(value.get("system"), "model"), messages[last]["content"])]
-    elif "prompt" in value:
+    elif value.get("prompt") is not None:
         prompt = value["prompt"]
         conversation = (
             _messages(prompt, "prompt")
@@ -178,10 +186,10 @@ def _jsonl_row(value: Any, default_id: str) -> dict[str, Any]:
                 raise ValueError(f"field '{key}' must be a non-empty list")
             candidates = [_candidate(o, f"{key}[{i}]", i) for i, o in enumerate(outputs)]
         else:
-            key = next((k for k in ANSWER_KEYS if k in value), None)
-            if key is None:
+            if answer_key is None:
                 raise ValueError(f"a 'prompt' row needs one of {', '.join(ANSWER_KEYS + LIST_KEYS)}")
-            candidates = [Candidate(_name(value.get("system"), "model"), _str(value[key], key))]
+            name = _name(value.get("system") or value.get("model"), "model")
+            candidates = [Candidate(name, _str(value[answer_key], answer_key))]
     else:
         raise ValueError(f"row has keys {{{', '.join(sorted(value))}}}; expected 'messages' or 'prompt' + 'output(s)'")
     systems = [c.system for c in candidates]
