@@ -69,7 +69,7 @@ def test_create_from_jsonl_reads_prompt_output_pairs_and_messages_rows(cli, proj
         {"prompt": "hello?", "output": "hi"},
         {"messages": [{"role": "user", "content": "where is my order?"}, {"role": "assistant", "content": "shipped"}]},
         # the review file of `tuneloop monitor export` (monitor.export.review_record): prompt turns + the answer
-        {"messages": [{"role": "user", "content": "refund?"}], "prompt": None, "answer": "no", "model": "m", "rating": -1},
+        {"messages": [{"role": "user", "content": "refund?"}], "prompt": None, "answer": "no", "model": "m"},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = project / "tuneloop.yaml"
