@@ -230,6 +230,23 @@ def test_rubric_ratings_need_every_criterion_from_one_to_five(store: Store, tmp_
     assert c.post("/api/r/rb/0", json={"submission_id": "valid-id-1", "scores": full}).status_code == 200
 
 
+def test_rubric_ranking_and_done_pages_render(store: Store, tmp_path: Path) -> None:
+    rows, source = creating.from_eval(make_eval(tmp_path / "eval", 2))
+    creating.build(store, rows, source, name="rb", mode="rubric", sample=2, seed=0, criteria=CRITERIA, overlap=1)
+    creating.build(store, rows, source, name="rk", mode="ranking", sample=2, seed=0, criteria=CRITERIA, overlap=1)
+    c = client(store, store.add_reviewer("ana"))
+    rubric = c.get("/r/rb/0")
+    assert rubric.status_code == 200 and all(f'data-criterion="{x}"' in rubric.text for x in CRITERIA)
+    ranking = c.get("/r/rk/1")
+    assert ranking.status_code == 200 and ranking.text.count('class="rank-btn"') == 2
+    for pos in range(2):
+        assert c.post(f"/api/r/rk/{pos}", json={"submission_id": f"rank-{pos:05d}", "ranking": ["B", "A"]}).is_success
+    done = c.get("/r/rk")
+    assert done.status_code == 200 and "All 2 items of <b>rk</b> are rated" in done.text
+    home = c.get("/")
+    assert "2 / 2" in home.text and "0 / 4" in home.text  # rubric: one item per answer
+
+
 def test_serve_refuses_a_non_loopback_host_without_an_admin_key(cli, project: Path, monkeypatch) -> None:
     monkeypatch.delenv("TUNELOOP_REVIEW_ADMIN_KEY", raising=False)
     r = cli("review", "serve", "--host", "0.0.0.0", "-c", project / "tuneloop.yaml")
@@ -304,6 +321,13 @@ def test_results_cli_writes_json_and_the_eval_report_shows_it(cli, project: Path
     assert cli("review", "results", "-c", cfg).code == 0
     assert (folder / "report.html").read_text().count("Human review") == 1  # replaced, not appended twice
     assert (folder / "report.md").read_text().count("## Human review") == 1
+    assert "earlier evaluation" not in (folder / "report.html").read_text()
+    from tuneloop.evaluate.report import add_human_review
+
+    with (folder / "outputs.jsonl").open("a") as f:  # the folder is evaluated again after the review
+        f.write("{}\n")
+    add_human_review(folder)
+    assert "reviewed in an earlier evaluation" in (folder / "report.html").read_text()
 
 
 def test_the_report_reads_the_review_file_by_the_shared_path_convention() -> None:

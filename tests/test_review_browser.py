@@ -107,3 +107,41 @@ def test_a_reviewer_rates_with_mouse_and_keyboard_and_the_ratings_persist(cli, p
     assert ratings[2].choice == "tie" and ratings[2].correction == "The corrected answer, written by a person."
     after = cli("review", "results", "-c", config).out
     assert "3 of 6 items rated" in after and "ana 3" in after and after != before
+
+
+def test_rubric_and_ranking_are_rated_from_the_keyboard(cli, project: Path) -> None:
+    folder = make_eval(project / "eval", 2)
+    config = project / "tuneloop.yaml"
+    assert cli("review", "create", "--from", folder, "--mode", "rubric", "--name", "rb", "-c", config).code == 0
+    assert cli("review", "create", "--from", folder, "--mode", "ranking", "--name", "rk", "-c", config).code == 0
+    port = free_port()
+    link = cli("review", "reviewers", "add", "ana", "--url", f"http://127.0.0.1:{port}", "-c", config).out.strip()
+    store = Store(project / "reviews" / STORE_FILE)
+    server = start_server(config, port)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(link)
+            page.goto(f"http://127.0.0.1:{port}/r/rb/0")
+            for key in "5432":  # one score per criterion, the highlight moving down after each
+                page.keyboard.press(key)
+            page.keyboard.press("ArrowUp")
+            page.keyboard.press("1")  # the highlight went back up: the third criterion becomes 1
+            page.keyboard.press("h")  # one answer: h flags it directly
+            page.keyboard.press("Enter")
+            page.wait_for_url("**/r/rb/1")
+            page.goto(f"http://127.0.0.1:{port}/r/rk/0")
+            page.keyboard.press("2")
+            page.keyboard.press("Enter")  # the last answer ranks itself
+            page.wait_for_url("**/r/rk/1")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    [rubric] = store.ratings("rb")
+    assert rubric.scores == {"factual accuracy": 5, "tone": 4, "helpfulness": 1, "follows policy": 2}
+    assert list(rubric.flags.values()) == [["hallucination"]]
+    [ranking] = store.ratings("rk")
+    item = store.items("rk")[0]
+    assert ranking.ranking == [item.candidates[item.shown[1]].system, item.candidates[item.shown[0]].system]

@@ -23,6 +23,7 @@ from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
 TOP = 10
 HUMAN_REVIEW_FILE = "human-review.json"
 HUMAN_START, HUMAN_END = "<!-- human-review -->", "<!-- /human-review -->"
+STALE = "These answers were reviewed in an earlier evaluation of the same folder: the figures below are about those."
 
 
 def write(
@@ -92,17 +93,27 @@ def _templates():
 
 
 def _human_review(out_dir: Path) -> dict[str, Any] | None:
+    """`human-review.json`, with `stale` set when the evaluation was re-run after the review was made."""
+    import hashlib
+
     path = out_dir / HUMAN_REVIEW_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        human = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        outputs = (out_dir / "outputs.jsonl").read_bytes() if (out_dir / "outputs.jsonl").is_file() else b""
     except (OSError, json.JSONDecodeError):
         return None  # a broken file must not break the report; `review results` rewrites it
+    if human is not None:
+        made_from = (human.get("source") or {}).get("outputs_sha256")
+        human["stale"] = made_from is not None and made_from != hashlib.sha256(outputs).hexdigest()
+    return human
 
 
 def _human_markdown(human: dict[str, Any] | None) -> str:
     if human is None:
         return ""
     lines = ["", HUMAN_START, "## Human review", ""]
+    if human.get("stale"):
+        lines += [f"**{STALE}**", ""]
     lines.append(
         f"Review `{human['review']}` ({human['mode']}): {human['rated_items']} of {human['items']} items rated, "
         f"{human['ratings']} ratings, {human['corrections']} corrections."

@@ -9,6 +9,7 @@ draws, with a seeded RNG, the hidden order in which each item shows its answers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -47,7 +48,13 @@ def from_eval(folder: Path, against: Path | None = None) -> tuple[list[dict[str,
     tuned = [s for s in info["systems"] if s != BASE]
     if not tuned:
         raise UserError(f"{folder}/{METRICS} lists no fine-tuned run beside the base model")
-    source = {"kind": "eval", "eval_dir": str(folder), **_metric_info(info)}
+    source = {
+        "kind": "eval",
+        "eval_dir": str(folder),
+        # the report shows the human review only beside the evaluation it was made from
+        "outputs_sha256": hashlib.sha256((folder / OUTPUTS).read_bytes()).hexdigest(),
+        **_metric_info(info),
+    }
     if against is None:
         systems = [BASE, *tuned]
         return [_eval_row(r, systems, info, folder) for r in rows], {**source, "systems": systems}
