@@ -112,7 +112,8 @@ def test_every_route_needs_a_reviewer_token(store: Store, tmp_path: Path) -> Non
     admin = client(store, admin_key="k" * 20)
     assert admin.get("/admin", headers={"Authorization": f"Bearer {token}"}).status_code == 401
     assert admin.get("/login?token=" + "k" * 20).status_code == 303
-    assert admin.get("/admin").status_code == 200
+    page = admin.get("/admin")
+    assert page.status_code == 200 and "12 items, each seen by up to 2 reviewers" in page.text
     added = admin.post("/admin/reviewers", json={"name": "ben"})
     assert added.status_code == 200 and store.reviewers() == ["ana", "ben"]
     link = added.json()["link"]
@@ -318,6 +319,8 @@ def test_results_cli_writes_json_and_the_eval_report_shows_it(cli, project: Path
     assert result["flags"]["hallucination"]["run-1"]["flagged"] == 2  # both reviewers flagged item 0
     html = (folder / "report.html").read_text()
     assert "Human review" in html and "Win rate of run-1 over base" in html
+    assert "Humans and rougeL pick the same winner on 100.0% of 12 items" in html
+    assert "12 of 12 items rated" in html and "Cohen&#39;s kappa 1 over 12 items" in html
     assert cli("review", "results", "-c", cfg).code == 0
     assert (folder / "report.html").read_text().count("Human review") == 1  # replaced, not appended twice
     assert (folder / "report.md").read_text().count("## Human review") == 1
@@ -328,6 +331,28 @@ def test_results_cli_writes_json_and_the_eval_report_shows_it(cli, project: Path
         f.write("{}\n")
     add_human_review(folder)
     assert "reviewed in an earlier evaluation" in (folder / "report.html").read_text()
+
+
+def test_rubric_results_reach_the_report_with_intervals_and_correlation(cli, project: Path) -> None:
+    folder = make_eval(project / "eval", 8)
+    (folder / "report.html").write_text("<html><body></body></html>")
+    cfg = project / "tuneloop.yaml"
+    assert cli("review", "create", "--from", folder, "--mode", "rubric", "--name", "rb", "-c", cfg).code == 0
+    store = Store(project / "reviews" / STORE_FILE)
+    store.add_reviewer("ana")
+    for item in store.items("rb"):  # the score follows the metric: 0.1 → 1, 0.2 → 2, 0.3 → 3
+        score = round(item.candidates[0].scores["rougeL"] * 10)
+        store.save_rating(Rating("rb", item.idx, "ana", f"s-{item.idx:05d}", scores=dict.fromkeys(CRITERIA, score)))
+    r = cli("review", "results", "-c", cfg)
+    assert r.code == 0, r.err
+    result = json.loads((folder / RESULTS_FILE).read_text())
+    base = result["rubric"]["base"]["tone"]
+    assert base["mean"] == 2.0 and base["ci"] == [2.0, 2.0] and base["items"] == 8
+    tuned = result["rubric"]["run-1"]["tone"]
+    assert tuned["mean"] == 2.0 and tuned["ci"][0] < 2.0 < tuned["ci"][1]
+    assert result["vs_automatic"]["metric_spearman"] == pytest.approx(1.0)
+    html = (folder / "report.html").read_text()
+    assert "factual accuracy" in html and "Spearman correlation of human scores with rougeL: 1" in html
 
 
 def test_the_report_reads_the_review_file_by_the_shared_path_convention() -> None:

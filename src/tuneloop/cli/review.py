@@ -177,7 +177,7 @@ def results(
     summary = res.summarize(store, review)
     paths = res.write(summary, store.path.parent)
     console.out.print(res.describe(summary), markup=False)
-    if summary["source"].get("kind") == "eval":
+    if len(paths) > 1:  # the evaluation folder is still there: its report gains the section
         from tuneloop.evaluate.report import add_human_review
 
         add_human_review(Path(summary["source"]["eval_dir"]))
@@ -204,3 +204,9 @@ def export(
     paths = write(store, review, out or store.path.parent, ranked=ranked)
     for kind, path in paths.items():
         console.note(f"{kind}: {path}")
+    if review.source.get("kind") == "eval" and paths["corrections"].stat().st_size:
+        console.warn(
+            "these corrections answer the evaluation's test prompts: training on them puts the test prompts "
+            "into training, and eval's overlap check (whole rows) will not see it, since the answers differ. "
+            "Use them for a new test set; for training data, review production traffic (--from-jsonl)"
+        )

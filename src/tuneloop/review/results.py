@@ -295,7 +295,7 @@ def _kappa(value: float | None) -> float | None:
 def write(summary: dict[str, Any], review_dir: Path) -> list[Path]:
     """Write the results beside the store, and into the evaluation folder the review came from."""
     paths = [review_dir / f"{summary['review']}.results.json"]
-    if summary["source"].get("kind") == "eval":
+    if summary["source"].get("kind") == "eval" and Path(summary["source"]["eval_dir"]).is_dir():
         paths.append(Path(summary["source"]["eval_dir"]) / RESULTS_FILE)
     text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
     for p in paths:
