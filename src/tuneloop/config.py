@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from tuneloop import config_rules
+from tuneloop.config_monitor import MonitorConfig
 from tuneloop.config_review import ReviewConfig
 from tuneloop.config_yaml import Section, apply_override, describe, parse_yaml
 from tuneloop.errors import UserError
@@ -492,6 +493,7 @@ class ProjectConfig(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -1,0 +1,95 @@
+"""The monitor report: report-<time>.json with every figure, and a self-contained report-<time>.html.
+
+The HTML has the evaluation report's look (plots inline as PNG) and is rendered by jinja2 with
+autoescape on: prompts and answers are whatever clients sent, so every one of them is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.monitor.signals import SIGNALS
+
+
+def write(out_dir: Path, stem: str, report: dict[str, Any], objective: str) -> tuple[Path, Path]:
+    """Write `<stem>.json` and `<stem>.html` into `out_dir`; return their paths."""
+    import jinja2
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out_dir / f"{stem}.json", out_dir / f"{stem}.html"
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    d = report["drift"]
+    charts = {
+        "lengths": _png(_length_histograms, d) if d["status"] == "tested" else None,
+        "days": _png(_daily_rates, report["outputs"]["per_day"]) if report["outputs"]["per_day"] else None,
+    }
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["num"] = _num
+    env.filters["pct"] = _pct
+    page = env.get_template("report.html.j2").render(r=report, objective=objective, charts=charts, signals=SIGNALS)
+    html_path.write_text(page, encoding="utf-8")
+    return json_path, html_path
+
+
+def _png(draw, *args: Any) -> str:
+    """Run a drawing function on a fresh figure; return the PNG as base64 for an <img> data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(plt, *args)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _length_histograms(plt, d: dict[str, Any]):
+    traffic, train = d["length_values"]["traffic"], d["length_values"]["train"]
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    bins = np.histogram_bin_edges(np.concatenate([traffic, train]), bins=30)
+    ax.hist(train, bins=bins, density=True, alpha=0.55, color="#999", label=f"training sample ({len(train)})")
+    ax.hist(traffic, bins=bins, density=True, alpha=0.55, color="#3a7", label=f"traffic ({len(traffic)})")
+    ax.set_xlabel(f"input length ({d['length']['unit']})")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _daily_rates(plt, per_day: dict[str, dict[str, int]]):
+    days = list(per_day)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for name in SIGNALS:
+        values = [c[name] / c["answers"] if c["answers"] and name in c else np.nan for c in per_day.values()]
+        if not all(np.isnan(values)):
+            ax.plot(range(len(days)), values, marker="o", label=name)
+    errors = [c["errors"] / c["requests"] for c in per_day.values()]
+    ax.plot(range(len(days)), errors, marker="x", color="k", label="errors")
+    ax.set_xticks(range(len(days)), [d[5:] for d in days], rotation=30, fontsize=8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("share of answers")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,}"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
