@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -91,3 +93,20 @@ def test_pii_fixture_plants_phones_of_every_country_in_national_and_internationa
     assert len(PHONE_COUNTRIES) >= 10 and regions >= set(PHONE_COUNTRIES) - {"CA"}
     national = [p for p in phones if not p.startswith("+")]
     assert len(international) > 0.2 * len(phones) and len(national) > 0.2 * len(phones)
+
+
+@pytest.mark.slow
+def test_monitor_drift_bench_reports_false_positives_and_power_per_size():
+    """Tiny sizes (MiniLM embeds every pool once): the figures in the README come from a full run."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench/monitor_drift.py"), "--sizes", "20", "--trials", "5",
+         "--power-trials", "5", "--train", "100", "--pool", "40"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=580,
+    ).stdout  # fmt: skip
+    found = re.search(r"n=20: false positives ([\d.]+)% \(in-distribution\), power ([\d.]+)% \(another topic\), "
+                      r"([\d.]+)% \(another length profile\)", out)  # fmt: skip
+    assert found, out
+    assert float(found[1]) <= 40 and float(found[2]) >= 60 and float(found[3]) >= 60, out
