@@ -85,6 +85,43 @@ def test_create_from_jsonl_reads_prompt_output_pairs_and_messages_rows(cli, proj
     assert r.code == 1 and "monitor.jsonl:1" in r.err and "monitor.jsonl:2" in r.err
 
 
+def test_against_compares_two_runs_on_their_shared_test_cases(cli, project: Path) -> None:
+    first = make_eval(project / "runs" / "run-1" / "eval", 6, run="run-1")
+    second = make_eval(project / "runs" / "run-2" / "eval", 4, run="run-2")
+    cfg = project / "tuneloop.yaml"
+    r = cli("review", "create", "--from", "run-1", "--against", "run-2", "--name", "ab", "-c", cfg)
+    assert r.code == 0, r.err
+    store = Store(project / "reviews" / STORE_FILE)
+    assert store.review("ab").systems == ["run-2", "run-1"]  # the win rate is --from's
+    items = store.items("ab")
+    assert sorted(i.item_id for i in items) == [f"test-{i}" for i in range(4)]
+    assert all([c.system for c in i.candidates] == ["run-2", "run-1"] for i in items)
+    assert all("judge_win" not in c.scores for i in items for c in i.candidates)  # the judge compared each with base
+    r = cli("review", "create", "--from", first, "--against", first, "-c", cfg)
+    assert r.code == 1 and "same run" in r.err
+    r = cli("review", "create", "--from", project / "runs", "-c", cfg)
+    assert r.code == 1 and "tuneloop eval" in r.err
+    assert second.is_dir()
+
+
+def test_cli_errors_are_clear(cli, project: Path) -> None:
+    cfg = project / "tuneloop.yaml"
+    r = cli("review", "results", "-c", cfg)
+    assert r.code == 1 and "create one with `tuneloop review create" in r.err
+    assert cli("review", "reviewers", "add", "ana", "-c", cfg).code == 0
+    r = cli("review", "reviewers", "add", "ana", "-c", cfg)
+    assert r.code == 1 and "exists" in r.err
+    assert cli("review", "reviewers", "list", "-c", cfg).out.strip() == "ana"
+    r = cli("review", "create", "-c", cfg)
+    assert r.code == 1 and "--from RUN" in r.err
+    make_eval(project / "eval", 3)
+    assert cli("review", "create", "--from", project / "eval", "--name", "pw", "-c", cfg).code == 0
+    r = cli("review", "results", "--name", "nope", "-c", cfg)
+    assert r.code == 1 and "reviews: pw" in r.err
+    r = cli("review", "export", "--ranked", "-c", cfg)
+    assert r.code == 1 and "--ranked needs a ranking review" in r.err
+
+
 def test_each_item_goes_to_overlap_reviewers_and_shares_are_even() -> None:
     names = ["a", "b", "c"]
     shares = {n: assigned(30, names, n, 2) for n in names}
