@@ -424,6 +424,42 @@ def test_export_writes_csv_and_corrections_that_data_prepare_reads(cli, project:
     assert example.messages[0]["content"] == store.items("pw")[0].conversation[0]["content"]
 
 
+def test_exported_corrections_go_through_data_prepare(tmp_path: Path, tiny_llama: Path) -> None:
+    import yaml
+
+    from tests.train_helpers import chat_rows, make_train_project
+    from tuneloop import config
+    from tuneloop.data.prepare import prepare
+    from tuneloop.review.export import export
+
+    root = tmp_path / "p"
+    cfg_path = make_train_project(root, tiny_llama, chat_rows(20))
+    traffic = root / "traffic.jsonl"
+    traffic.write_text(
+        "".join(
+            json.dumps({"prompt": f"customer question {i}", "output": f"wrong answer {i}"}) + "\n" for i in range(3)
+        )
+    )
+    store = Store(root / "reviews" / STORE_FILE)
+    rows, source = creating.from_jsonl(traffic)
+    review, items = creating.build(
+        store, rows, source, name="rb", mode="rubric", sample=3, seed=0, criteria=CRITERIA, overlap=1
+    )
+    store.add_reviewer("ana")
+    for item in items:
+        n = item.item_id.rsplit("-", 1)[1]
+        scores = dict.fromkeys(CRITERIA, 2)
+        store.save_rating(Rating("rb", item.idx, "ana", f"s-{n:0>6}", scores=scores, correction=f"right answer {n}"))
+    export(store, review, root / "data" / "reviewed")
+    doc = yaml.safe_load(cfg_path.read_text())
+    doc["data"]["train"] = ["data/train.jsonl", "data/reviewed/rb.corrections.jsonl"]
+    cfg_path.write_text(yaml.safe_dump(doc))
+    prepare(config.load(cfg_path), workers=0)
+    prepared = "".join((root / "data" / "prepared" / f"{s}.jsonl").read_text() for s in ("train", "val", "test"))
+    assert all(f"right answer {n}" in prepared for n in (1, 2, 3)) and "wrong answer" not in prepared
+    assert "rb.corrections" not in (root / "data" / "prepared" / "rejects.jsonl").read_text()
+
+
 def test_ranking_export_writes_the_ranked_format_the_data_stage_reads(cli, project: Path) -> None:
     from tuneloop.data.formats import detect_format, read_rows, to_example
 
