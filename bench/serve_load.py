@@ -12,11 +12,12 @@ back to back), then stops the server:
 Prints requests/s, output tokens/s, p50/p95 latency and failed requests per level, and the
 batching ratio (batched tokens/s over one-at-a-time tokens/s) at each client count.
 
-With --compare-log the two modes are instead the batched server without a traffic log and with
-`--log-file` (a fresh SQLite file, PII redacted with the default data.pii settings), and it prints
-the p50 latency ratio with over without the log at each client count, and how many requests the
-log holds and dropped (from the file and /metrics), so a log that silently wrote nothing cannot
-look free. Everything is
+With --compare-log it instead starts two batched servers, one without a traffic log and one with
+`--log-file` (a fresh SQLite file, PII redacted with the default data.pii settings), and loads them
+in turn, --rounds alternating slices of each client count, so that a change in the machine's load
+hits both alike. It prints the p50 latency ratio with over without the log at each client count,
+and how many requests the log holds and dropped (from the file and /metrics), so a log that
+silently wrote nothing cannot look free. Everything is
 bounded: clients stop starting requests at the deadline, every request has a timeout, and the
 server is stopped whatever happens. Traffic only goes to 127.0.0.1.
 """
@@ -156,31 +157,18 @@ async def run_level(url: str, model: str, clients: int, duration: float, max_tok
     return level
 
 
-async def bench_mode(
-    model: str,
-    max_batch: int,
-    levels: list[int],
-    duration: float,
-    max_tokens: int,
-    log_file: Path | None = None,
-    dropped: list[float] | None = None,
-) -> list[Level]:
-    """One server, warmed up, then each client count in turn. With `dropped`, appends the log's drop count."""
+async def bench_mode(model: str, max_batch: int, levels: list[int], duration: float, max_tokens: int) -> list[Level]:
     import httpx
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(model, port, max_batch, max_tokens, log_file)
+    server = start_server(model, port, max_batch, max_tokens)
     try:
         await wait_ready(url, server)
         async with httpx.AsyncClient() as http:
             served = (await http.get(url + "/v1/models")).json()["data"][0]["id"]
         await run_level(url, served, 1, min(duration, 3), max_tokens)  # warm-up, not reported
-        results = [await run_level(url, served, n, duration, max_tokens) for n in levels]
-        if dropped is not None:
-            async with httpx.AsyncClient() as http:
-                dropped.append(_sample((await http.get(url + "/metrics")).text, "tuneloop_log_dropped_total"))
-        return results
+        return [await run_level(url, served, n, duration, max_tokens) for n in levels]
     finally:
         stop_server(server)
 
@@ -199,27 +187,51 @@ def _p50(level: Level) -> float:
     return statistics.median(level.latencies) if level.latencies else float("nan")
 
 
-def compare_log(model: str, args: argparse.Namespace, levels: list[int], tmp: Path) -> None:
-    """The batched server without and with --log-file: p50 latency ratio per client count."""
+async def compare_log(model: str, args: argparse.Namespace, levels: list[int], log_file: Path) -> None:
+    """Two batched servers, without and with --log-file, up at once but loaded in turn: each client count
+    runs in `--rounds` alternating slices (A B, B A, A B, ...), so a change in the machine's load hits both
+    alike. Prints each, the p50 latency ratio per client count, and what the log stored and dropped."""
+    import httpx
+
     from tuneloop import traffic
 
-    log_file, dropped = tmp / "traffic.sqlite", []
-    modes = (("without a traffic log", None), ("with --log-file (PII redaction on)", log_file))
-    results = {}
-    for label, log in modes:
-        results[label] = asyncio.run(
-            bench_mode(model, args.max_batch, levels, args.duration, args.max_tokens, log, dropped)
-        )
+    servers, urls, names = [], [], []
+    try:
+        for log in (None, log_file):
+            port = _free_port()
+            servers.append(start_server(model, port, args.max_batch, args.max_tokens, log))
+            urls.append(f"http://127.0.0.1:{port}")
+        async with httpx.AsyncClient() as http:
+            for url, server in zip(urls, servers, strict=True):
+                await wait_ready(url, server)
+                names.append((await http.get(url + "/v1/models")).json()["data"][0]["id"])
+                await run_level(url, names[-1], 1, min(args.duration, 3), args.max_tokens)  # warm-up
+        results: list[list[Level]] = [[Level(n) for n in levels], [Level(n) for n in levels]]
+        slice_s = args.duration / args.rounds
+        for i, n in enumerate(levels):
+            for r in range(args.rounds):
+                for side in (0, 1) if r % 2 == 0 else (1, 0):  # A B, B A, ...: the order favours neither
+                    part = await run_level(urls[side], names[side], n, slice_s, args.max_tokens)
+                    total = results[side][i]
+                    total.seconds += part.seconds
+                    total.latencies += part.latencies
+                    total.tokens += part.tokens
+                    total.failures += part.failures
+        async with httpx.AsyncClient() as http:
+            dropped = _sample((await http.get(urls[1] + "/metrics")).text, "tuneloop_log_dropped_total")
+    finally:
+        for server in servers:
+            stop_server(server)  # the logged server writes what is queued before it exits
+    for label, side in (("without a traffic log", 0), ("with --log-file (PII redaction on)", 1)):
         print(label)
-        for level in results[label]:
+        for level in results[side]:
             print("  " + level.line())
-    plain, logged = results.values()
-    answered = sum(len(level.latencies) + level.failures for level in logged)
+    sent = sum(len(level.latencies) + level.failures for level in results[1])
     stored = len(traffic.read_requests(log_file))
-    print(f"traffic log: {stored} requests stored, {dropped[-1]:g} dropped, of {answered} sent after the warm-up")
-    for p, q in zip(plain, logged, strict=True):
-        ratio = _p50(q) / _p50(p) if p.latencies else float("nan")
-        print(f"log overhead at {p.clients} clients: p50 {ratio:.3f}x without the log ({(ratio - 1) * 100:+.1f}%)")
+    print(f"traffic log: {stored} requests stored, {dropped:g} dropped, of {sent} sent after the warm-up")
+    for plain, logged in zip(*results, strict=True):
+        ratio = _p50(logged) / _p50(plain) if plain.latencies and logged.latencies else float("nan")
+        print(f"log overhead at {plain.clients} clients: p50 {ratio:.3f}x without the log ({(ratio - 1) * 100:+.1f}%)")
 
 
 def tiny_model(folder: Path) -> str:
@@ -238,6 +250,7 @@ def main() -> None:
     parser.add_argument(
         "--compare-log", action="store_true", help="compare the batched server without and with its traffic log"
     )
+    parser.add_argument("--rounds", type=int, default=4, help="--compare-log: alternating slices per client count")
     args = parser.parse_args()
     levels = [int(n) for n in args.clients.split(",")]
 
@@ -245,7 +258,7 @@ def main() -> None:
         model = tiny_model(Path(tmp) / "tiny") if args.model == "tiny" else args.model
         print(f"model {args.model}, {args.duration:g} s per level, max_tokens {args.max_tokens}, loopback only")
         if args.compare_log:
-            compare_log(model, args, levels, Path(tmp))
+            asyncio.run(compare_log(model, args, levels, Path(tmp) / "traffic.sqlite"))
             return
         results = {}
         for label, max_batch in ((f"batched (--max-batch {args.max_batch})", args.max_batch), ("one at a time", 1)):

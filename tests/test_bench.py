@@ -48,7 +48,7 @@ def test_serve_load_bench_reports_each_level_and_the_batching_ratio():
 def test_serve_load_bench_compares_the_traffic_log_and_checks_it_wrote():
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench/serve_load.py"), "--model", "tiny", "--duration", "1.5",
-         "--clients", "2", "--max-tokens", "4", "--compare-log"],
+         "--clients", "2", "--max-tokens", "4", "--compare-log", "--rounds", "2"],
         capture_output=True,
         text=True,
         check=True,

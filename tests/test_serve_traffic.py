@@ -206,3 +206,8 @@ def test_cli_log_needs_a_project_or_a_file(cli, tmp_path: Path, tiny_llama: Path
     log = started["app"].state.served.log
     assert log.path == tmp_path / "monitor" / "traffic.sqlite" and log.store.redactor is None
     log.close()
+
+
+def test_cli_log_with_the_vllm_backend_is_refused(cli, tiny_llama: Path) -> None:
+    result = cli("serve", "--model", str(tiny_llama), "--backend", "vllm", "--log-file", "t.sqlite")
+    assert result.code == 1 and "--backend transformers" in result.err

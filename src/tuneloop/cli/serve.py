@@ -91,6 +91,12 @@ def serve(
     if backend == "vllm":
         from tuneloop.serve import vllm
 
+        if log or log_file is not None:
+            raise UserError(
+                "--log records traffic from tuneloop's own server; vLLM's server does not write it: "
+                "drop --log, or serve with --backend transformers"
+            )
+
         vllm.check_available()
         console.note(f"handing {plan.base_name} and {len(plan.adapters)} adapters to vLLM")
         vllm.run(vllm.plan_for(plan), host, port, max_batch, api_key)
