@@ -93,7 +93,7 @@ def test_corrections_become_training_records_and_uncorrected_thumbs_down_goes_to
     assert all("wrong answer" not in json.dumps(r) for r in records)  # the model's answer is never trained
     (review,) = _read(result.review_path)
     assert review["traffic_id"] == "chatcmpl-2" and review["answer"] == "wrong answer"
-    assert review["comment"] == "made up a policy" and "write the right answer" in review["todo"]
+    assert review["comment"] == "made up a policy" and "write the right one" in review["todo"]
     assert result.review_path.parent == cfg.root / "monitor"
     assert (result.with_feedback, result.corrected, result.down_uncorrected, result.not_logged) == (6, 2, 1, 1)
 
@@ -102,6 +102,57 @@ def test_corrections_become_training_records_and_uncorrected_thumbs_down_goes_to
     assert only_down.review_rows == 1
     only_corrected = monitor_export.export(cfg, only="corrected", out=cfg.root / "c.jsonl")
     assert len(_read(cfg.root / "c.jsonl")) == 2 and only_corrected.review_path is None
+
+
+def test_flagged_answers_go_to_review_unless_a_person_vouched_for_them(chat_project) -> None:
+    from tuneloop.monitor.signals import OutputChecks
+
+    cfg = chat_project
+    checks = OutputChecks(refusal=lambda t: t.startswith("I cannot"), repetition=lambda t: "again again" in t)
+    log = TrafficLog.open(traffic.default_path(cfg))
+    log.write(logged(1, output="I cannot help with that."))  # refusal, no feedback: review
+    log.write(logged(2, output="I cannot do it."))  # refusal, but rated up: a person vouched
+    log.write(logged(3, output="I cannot say."))  # refusal, corrected: training
+    log.write(logged(4, output="fine answer"))  # nothing to flag
+    log.write(dict(logged(5, output="cut"), finish_reason="length"))  # type: ignore[arg-type]
+    log.write(dict(logged(6, output=""), finish_reason="error"))  # type: ignore[arg-type]  # a failure, not an answer
+    log.write(logged(7, output="again again again"))  # repetition, thumbs down: review with its flag
+    log.add_feedback("chatcmpl-2", "up")
+    log.add_feedback("chatcmpl-3", "down", correction="Here is how.")
+    log.add_feedback("chatcmpl-7", "down")
+    log.close()
+
+    result = monitor_export.export(cfg, only="flagged", out=cfg.root / "f.jsonl", checks=checks)
+    review = {r["traffic_id"]: r for r in _read(result.review_path)}
+    assert {k: v["flags"] for k, v in review.items()} == {
+        "chatcmpl-1": ["refusal"],
+        "chatcmpl-5": ["truncated"],
+        "chatcmpl-7": ["repetition"],  # a thumbs down too, but what --only flagged asks for is the flag
+    }
+    assert "flagged (refusal)" in review["chatcmpl-1"]["todo"] and review["chatcmpl-1"]["rating"] is None
+    assert result.written == {} and (result.flagged, result.down_uncorrected) == (2, 1)
+
+    everything = monitor_export.export(cfg, out=cfg.root / "all.jsonl", checks=checks)
+    assert [r["traffic_id"] for r in _read(cfg.root / "all.jsonl")] == ["chatcmpl-3"]
+    review = {r["traffic_id"]: r for r in _read(everything.review_path)}
+    assert set(review) == {"chatcmpl-7", "chatcmpl-1", "chatcmpl-5"}
+    assert review["chatcmpl-7"]["flags"] == ["repetition"] and review["chatcmpl-7"]["rating"] == "down"
+    assert (everything.corrected, everything.down_uncorrected, everything.flagged) == (1, 1, 2)
+    with pytest.raises(UserError, match="output checks"):
+        monitor_export.export(cfg, only="flagged")
+
+
+def test_cli_flags_with_the_evaluations_own_checks(chat_project, cli) -> None:
+    cfg = chat_project
+    log = TrafficLog.open(traffic.default_path(cfg))
+    log.write(logged(1, output="I'm sorry, but I can't help with that request."))
+    log.write(logged(2, output="Your refund was sent on Monday."))
+    log.close()
+    result = cli("monitor", "export", "--only", "flagged", "-c", cfg.root / "tuneloop.yaml")
+    assert result.code == 0, result.err
+    assert "1 more answers flagged by the output signals" in result.err + result.out
+    (review_file,) = (cfg.root / "monitor").glob("review-*.jsonl")
+    assert [(r["traffic_id"], r["flags"]) for r in _read(review_file)] == [("chatcmpl-1", ["refusal"])]
 
 
 def test_since_counts_from_when_the_feedback_was_given(chat_project) -> None:

@@ -21,8 +21,11 @@ def export(
         typer.Option("--out", "-o", help="The training JSONL (default: data/traffic/export-<time>.jsonl)."),
     ] = None,
     only: Annotated[
-        Literal["down", "corrected", "all"],
-        typer.Option(help="down: thumbs-down; corrected: any response with a correction; all: both."),
+        Literal["down", "corrected", "flagged", "all"],
+        typer.Option(
+            help="down: thumbs-down; corrected: any response with a correction; flagged: answers the output "
+            "signals flag (to review); all: every one of them."
+        ),
     ] = "all",
     review_out: Annotated[
         Path | None,
@@ -31,17 +34,20 @@ def export(
     config_path: ConfigOption = Path(config.CONFIG_FILENAME),
     overrides: SetOption = None,
 ) -> None:
-    """Write corrected responses as training records (the correction is the answer), and thumbs-down ones
-    without a correction to a review file, from the traffic `tuneloop serve --log` recorded."""
+    """Write corrected responses as training records (the correction is the answer), and thumbs-down or
+    flagged ones without a correction to a review file, from the traffic `tuneloop serve --log` recorded."""
     from tuneloop import console, traffic
+    from tuneloop.cli.monitor_checks import output_checks
     from tuneloop.monitor.export import export as run_export
 
     cfg = load_config(config_path, overrides)
-    result = run_export(cfg, traffic.parse_since(since) if since else None, only, out, review_out)
+    checks = output_checks(cfg) if only in ("flagged", "all") else None
+    result = run_export(cfg, traffic.parse_since(since) if since else None, only, out, review_out, checks=checks)
     window = f"since {since}" if since else "in the log"
     console.note(
         f"{result.with_feedback} responses with feedback {window}: {result.corrected} corrected, "
         f"{result.down_uncorrected} thumbs-down without a correction"
+        + (f"; {result.flagged} more answers flagged by the output signals" if checks is not None else "")
         + (f", {result.not_logged} whose request is not in the log" if result.not_logged else "")
     )
     for item in result.skipped:

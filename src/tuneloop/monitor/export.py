@@ -9,6 +9,11 @@ feedback on a response counts), it picks the responses whose feedback was given 
   down        a thumbs down. With a correction it is a training record as above; without one there
               is no right answer to train on, so it goes to a review file instead (the request, the
               wrong answer, the comment), for a person to write the answer.
+  flagged     answers that arrived in the window and that the monitor report's output signals flag
+              (empty, truncated, refusal, repetition, invalid JSON or schema: the evaluation's own
+              checks, passed in by the caller), unless a person corrected them (then they are
+              training records) or rated them up (a person's judgement beats a heuristic). They go
+              to the review file with their flags.
 
 The training file goes to `data/traffic/export-<time>.jsonl` by default: add `data/traffic` to
 `data.train` once, and each later export is picked up by the next `data prepare`. Nothing empty is
@@ -36,10 +41,11 @@ from typing import Any, Literal
 from tuneloop import traffic
 from tuneloop.config import ProjectConfig
 from tuneloop.errors import UserError
+from tuneloop.monitor.signals import ANSWERED, OutputChecks
 from tuneloop.traffic import FeedbackRow, TrafficRow
 
-Only = Literal["down", "corrected", "all"]
-ONLY: tuple[Only, ...] = ("down", "corrected", "all")
+Only = Literal["down", "corrected", "flagged", "all"]
+ONLY: tuple[Only, ...] = ("down", "corrected", "flagged", "all")
 EXPORT_DIR = Path("data") / "traffic"
 
 
@@ -53,6 +59,7 @@ class ExportResult:
     with_feedback: int = 0  # responses whose latest feedback falls in the window
     corrected: int = 0
     down_uncorrected: int = 0
+    flagged: int = 0  # flagged answers sent to review (neither corrected nor rated up)
     not_logged: int = 0  # feedback whose request is not in the log (deleted, or another log)
     skipped: list[dict[str, str]] = field(default_factory=list)  # {id, reason}: picked but not convertible
 
@@ -64,27 +71,43 @@ def export(
     out: Path | None = None,
     review_out: Path | None = None,
     log_path: Path | None = None,
+    checks: OutputChecks | None = None,
 ) -> ExportResult:
-    """Write the picked responses as training records (and a review file); see the module docstring."""
+    """Write the picked responses as training records (and a review file); see the module docstring.
+
+    `checks` judges answers for `flagged` (and `all`); without them, `all` is down + corrected.
+    """
     if only not in ONLY:
         raise UserError(f"--only {only!r}: choose one of {', '.join(ONLY)}")
+    if only == "flagged" and checks is None:
+        raise UserError("--only flagged needs the output checks of `tuneloop monitor` (the CLI passes them)")
     path = log_path or traffic.default_path(cfg)
-    latest = {
-        rid: fb
-        for rid, fb in traffic.latest_feedback(path).items()
-        if since is None or datetime.fromisoformat(fb["time"]) >= since
-    }
+    every = traffic.latest_feedback(path)
+    latest = {rid: fb for rid, fb in every.items() if since is None or datetime.fromisoformat(fb["time"]) >= since}
     requests = {row["id"]: row for row in traffic.read_requests(path, ids=latest)}
     result = ExportResult(with_feedback=len(latest), not_logged=len(set(latest) - set(requests)))
+    flags: dict[str, list[str]] = {}
+    if checks is not None and only in ("flagged", "all"):
+        for row in traffic.read_requests(path, since):
+            requests.setdefault(row["id"], row)
+        flags = answer_flags(list(requests.values()), checks)
+
     records: dict[str, list[dict[str, Any]]] = {"main": [], "completions": []}
     review: list[dict[str, Any]] = []
-    for rid, fb in sorted(latest.items(), key=lambda item: item[1]["id"]):
-        row = requests.get(rid)
-        if row is None:
+    for rid, row in sorted(requests.items(), key=lambda item: (item[1]["time"], item[0])):
+        fb = latest.get(rid)
+        corrected = fb is not None and bool(fb["correction"] and fb["correction"].strip())
+        down = fb is not None and fb["rating"] == "down"
+        flagged = rid in flags and not _vouched(every.get(rid))  # a person's judgement beats a heuristic
+        picked = (
+            (down and only in ("down", "all"))
+            or (corrected and only in ("corrected", "all"))
+            or (flagged and only in ("flagged", "all"))
+        )
+        if not picked:
             continue
-        corrected = bool(fb["correction"] and fb["correction"].strip())
-        down = fb["rating"] == "down"
-        if corrected and (only != "down" or down):
+        if corrected:
+            assert fb is not None
             try:
                 kind, record = training_record(row, fb, cfg.task.type)
             except ValueError as e:
@@ -92,9 +115,10 @@ def export(
                 continue
             records[kind].append(record)
             result.corrected += 1
-        elif down and only in ("down", "all"):
-            review.append(review_record(row, fb))
-            result.down_uncorrected += 1
+        else:
+            review.append(review_record(row, fb or every.get(rid), flags.get(rid)))
+            result.down_uncorrected += down
+            result.flagged += not down
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     main = out or cfg.root / EXPORT_DIR / f"export-{stamp}.jsonl"
@@ -139,8 +163,43 @@ def training_record(row: TrafficRow, fb: FeedbackRow, task_type: str) -> tuple[s
     return "main", {"messages": [*earlier, {"role": "assistant", "content": correction}], **source}
 
 
-def review_record(row: TrafficRow, fb: FeedbackRow) -> dict[str, Any]:
-    """A thumbs-down response without a correction, as a person needs it to write the right answer."""
+def answer_flags(rows: list[TrafficRow], checks: OutputChecks) -> dict[str, list[str]]:
+    """{response id: the output signals its answer raises} for answered rows (finish reason stop or length),
+    with the monitor report's signals: empty, truncated, refusal, repetition, json_invalid, schema_invalid."""
+    answered = [row for row in rows if row["finish_reason"] in ANSWERED]
+    texts = [row["output"] or "" for row in answered]
+    json_ok = checks.json_valid(texts) if checks.json_valid is not None and texts else [1.0] * len(texts)
+    schema_ok = checks.json_schema(texts) if checks.json_schema is not None and texts else [1.0] * len(texts)
+    out = {}
+    for row, text, valid, fits in zip(answered, texts, json_ok, schema_ok, strict=True):
+        found = [
+            name
+            for name, hit in (
+                ("empty", not text.strip()),
+                ("truncated", row["finish_reason"] == "length"),
+                ("refusal", bool(text.strip()) and checks.refusal(text)),
+                ("repetition", bool(text.strip()) and checks.repetition(text)),
+                ("json_invalid", not valid),
+                ("schema_invalid", valid and not fits),
+            )
+            if hit
+        ]
+        if found:
+            out[row["id"]] = found
+    return out
+
+
+def _vouched(fb: FeedbackRow | None) -> bool:
+    """A person has judged this answer already: rated it up, or corrected it."""
+    return fb is not None and (fb["rating"] == "up" or bool(fb["correction"] and fb["correction"].strip()))
+
+
+def review_record(row: TrafficRow, fb: FeedbackRow | None, flags: list[str] | None = None) -> dict[str, Any]:
+    """A response to review (a thumbs down without a correction, or a flagged answer), as a person needs it
+    to write the right answer."""
+    why = "thumbs down without a correction" if fb is not None and fb["rating"] == "down" else "flagged"
+    if flags:
+        why += f" ({', '.join(flags)})"
     return {
         "traffic_id": row["id"],
         "time": row["time"],
@@ -150,10 +209,11 @@ def review_record(row: TrafficRow, fb: FeedbackRow) -> dict[str, Any]:
         "prompt": row["prompt"],
         "answer": row["output"],
         "finish_reason": row["finish_reason"],
-        "rating": fb["rating"],
-        "comment": fb["comment"],
-        "feedback_time": fb["time"],
-        "todo": "thumbs down without a correction: write the right answer (POST /v1/feedback with a correction) "
+        "rating": fb["rating"] if fb else None,
+        "comment": fb["comment"] if fb else None,
+        "feedback_time": fb["time"] if fb else None,
+        "flags": flags or [],
+        "todo": f"{why}: check the answer and write the right one (POST /v1/feedback with a correction) "
         "before it can be trained on",
     }
 
