@@ -67,6 +67,7 @@ def test_round_trip_requests_and_feedback(tmp_path: Path) -> None:
     latest = traffic.latest_feedback(path)
     assert latest["chatcmpl-1"]["rating"] == "up" and latest["chatcmpl-1"]["correction"] is None
     assert latest["chatcmpl-2"]["comment"] == "slow"
+    assert path.stat().st_mode & 0o777 == 0o600  # production prompts: the owner's alone
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -311,6 +312,8 @@ class TrafficLog:
             return False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # production prompts: readable by the owner only (WAL files follow)
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(
                 self.path, timeout=WRITE_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
             )

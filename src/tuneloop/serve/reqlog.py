@@ -69,7 +69,9 @@ class RequestLog:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown). False on timeout."""
         done = threading.Event()
-        if not self._put(("flush", done, None), block=True):
+        try:
+            self._queue.put(("flush", done, None), timeout=timeout)
+        except queue.Full:
             return False
         return done.wait(timeout)
 
@@ -80,9 +82,9 @@ class RequestLog:
             self._thread.join(60)
         self.store.close()
 
-    def _put(self, item: tuple[str, Any, Any], block: bool = False) -> bool:
+    def _put(self, item: tuple[str, Any, Any]) -> bool:
         try:
-            self._queue.put(item, block=block, timeout=30 if block else None)
+            self._queue.put_nowait(item)
             return True
         except queue.Full:
             self._queue_drops += 1
