@@ -94,6 +94,21 @@ def _check_metric_names(metrics: list[str]) -> list[str]:
     return metrics
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration written like '90s', '8m', '1h30m' or '1.5h'; ValueError saying the form otherwise."""
+    compact = str(text).strip().lower()
+    parts = _DURATION.findall(compact)
+    if not parts or _DURATION.sub("", compact).strip():
+        raise ValueError(f"{text!r} is not a duration; write e.g. '90s', '8m' or '1h30m'")
+    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return seconds
+
+
 def _yaml_off(value: Any) -> Any:
     """YAML 1.1 reads a bare `off` as false; where 'off' is a choice, take it back."""
     return "off" if value is False else value
@@ -314,6 +329,11 @@ class TrainConfig(_Section):
 
     epochs: float = Field(default=3, gt=0)
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps.")
+    time_budget: str | None = Field(
+        default=None,
+        description="Training time, e.g. '8m', '90s', '1h30m': max_steps is chosen to fit it on this machine after "
+        "timing two steps, and recorded in the run. Covers steps and validation, not loading or train.eval_metrics.",
+    )
     examples: int | None = Field(
         default=None,
         gt=0,
@@ -367,6 +387,22 @@ class TrainConfig(_Section):
     seed: int = 42
 
     _known_eval_metrics = field_validator("eval_metrics")(lambda metrics: _check_metric_names(metrics))
+
+    @field_validator("time_budget")
+    @classmethod
+    def _readable_budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        if self.time_budget is not None and self.max_steps is not None:
+            raise ValueError(
+                "train.max_steps and train.time_budget both set the run's length; keep one "
+                "(a budgeted run records the max_steps it chose, to rerun it exactly)"
+            )
+        return self
 
 
 class ForgettingConfig(_Section):

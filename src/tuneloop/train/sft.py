@@ -34,12 +34,9 @@ from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, OverfitAlarm, Progress
 from tuneloop.train.guards import NonFiniteError, StepGuard, non_finite_message
-from tuneloop.train.resume import check_same_data
+from tuneloop.train.resume import check_same_config, check_same_data
 
 # Config sections that shape the trained weights; a resume must match them (task and eval may differ).
-TRAINING_SECTIONS = ("model", "data", "method", "train")
-# Keys that may change between a run and its resume without changing what is being trained.
-RESUMABLE_CHANGES = {"max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every", "report_to"}
 # bf16 autocast is used on CPU only when its loss on a real batch is this close to fp32's.
 BF16_TOLERANCE = 1e-2
 
@@ -450,13 +447,14 @@ def train(
     from transformers.utils import logging as hf_logging
 
     from tuneloop import registry, runs
+    from tuneloop.train.budget import apply as budget_steps
     from tuneloop.train.methods import count_parameters, wrap
 
     hf_logging.set_verbosity_error()
     console.err.quiet = int(os.environ.get("RANK", "0")) != 0  # one process speaks under torchrun
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers|peft")
     if resume is not None:
-        _check_same_config(cfg, Path(resume) / RESOLVED_FILENAME)
+        check_same_config(cfg, Path(resume) / RESOLVED_FILENAME)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if evaluator is None and (cfg.train.eval_metrics or cfg.train.track_forgetting):
         raise UserError(
@@ -501,6 +499,7 @@ def train(
     probe = collator(train_items[: cfg.train.batch_size])
     precision, why = choose_precision(cfg.train.precision, model, probe)
     console.note(f"precision {precision} ({why}); batches {layout.layout} ({layout.reason})")
+    cfg, budget = budget_steps(cfg, resume, model, collator, train_items, val_items, precision, token_loss)
     run_dir, resume_from = (run_dir, None) if run_dir is not None and resume is None else _run_dir(cfg, resume)
     console.note(f"model type {base_type or 'unknown'}; run folder {run_dir}")
 
@@ -598,6 +597,7 @@ def train(
         },
         "final": str(final_dir.relative_to(run_dir)) if final_dir else None,
         "signal": stop.signal if stopped else None,
+        "time_budget": budget.to_json() if budget else None,
     }
     if rank0:
         runs.write_summary(run_dir, summary)
@@ -638,27 +638,6 @@ def _shared_run_dir(cfg: ProjectConfig) -> Path:
     name = [str(runs.new_run_dir(cfg)) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(name, src=0)
     return Path(name[0])
-
-
-def _check_same_config(cfg: ProjectConfig, saved_path: Path) -> None:
-    import yaml
-
-    if not saved_path.is_file():
-        raise UserError(f"{saved_path.parent} is not a run folder (no {RESOLVED_FILENAME})")
-    saved = yaml.safe_load(saved_path.read_text())
-    current = yaml.safe_load(cfg.to_yaml())
-    diffs = []
-    for section in TRAINING_SECTIONS:
-        a, b = saved.get(section) or {}, current.get(section) or {}
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key) and not (section == "train" and key in RESUMABLE_CHANGES):
-                diffs.append(f"{section}.{key}: {a.get(key)!r} in the run, {b.get(key)!r} now")
-    if diffs:
-        raise UserError(
-            "the config differs from the run being resumed, so resuming would not continue the same training:\n  "
-            + "\n  ".join(diffs)
-            + "\nundo the change, or start a new run without --resume"
-        )
 
 
 def _checkpoint_bytes(model: Any, trainable: int, method: str) -> int:
