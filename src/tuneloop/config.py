@@ -463,6 +463,11 @@ class EvalConfig(_Section):
     backend: Literal["transformers", "vllm"] = Field(
         default="transformers", description="Generation backend; vllm needs a GPU and the vllm package."
     )
+    cache_base: bool = Field(
+        default=True,
+        description="Reuse the base model's outputs when its weights, test set, decoding, probes and forgetting "
+        "set are unchanged (kept under output.dir/.cache/base-eval).",
+    )
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     redteam: RedTeamConfig = Field(default_factory=RedTeamConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)

@@ -23,8 +23,10 @@ import numpy as np
 
 from tuneloop import console
 from tuneloop.config import ProjectConfig
+from tuneloop.data.chat_templates import project_tokenizer
 from tuneloop.data.formats import Example
 from tuneloop.errors import UserError
+from tuneloop.evaluate import base_cache
 from tuneloop.evaluate.compare import Comparison, MeanScores, bootstrap_indices, compare
 from tuneloop.evaluate.json_fields import field_report
 from tuneloop.evaluate.metrics import METRIC_INFO, compute, needs_reference
@@ -432,11 +434,21 @@ def evaluate(
 
     systems: list[SystemOutputs] = []
     for name, run_dir in [(BASE, None), *zip(run_names, run_dirs, strict=True)]:
+        if run_dir is None:
+            tokenizer = project_tokenizer(cfg)
+            if getattr(tokenizer, "chat_template", None) is None:
+                probes = _plain_probes(probes)
+            key = base_cache.cache_key(cfg, tokenizer, cases, probes, general)
+            cached = base_cache.load(cfg, key) if cfg.eval.cache_base else None
+            if cached is not None:
+                console.note("base: the same model, test set, decoding and probes as before: cached outputs reused")
+                systems.append(SystemOutputs(name, **cached))
+                continue
         console.note(f"loading {name}: {cfg.model.name}" + (f" + {run_dir / 'final'}" if run_dir else ""))
         model, tokenizer = load_system(cfg, run_dir)
-        if run_dir is None and getattr(tokenizer, "chat_template", None) is None:
-            probes = _plain_probes(probes)
         systems.append(measure(name, model, tokenizer, cfg, cases, general, probes, run_dir))
+        if run_dir is None and cfg.eval.cache_base:
+            base_cache.store(cfg, key, systems[-1])
         del model
         gc.collect()
 
