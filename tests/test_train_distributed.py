@@ -26,14 +26,13 @@ LAUNCHERS = {
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, tiny_llama: Path, launcher: str):
-    # Accelerate pads an uneven validation shard with repeated rows (even_batches), which moves the
-    # distributed eval loss off the single-process one; until evaluation drops those repeats, the
-    # comparison uses a split whose val rows fill every 2 × 2 batch. Known limitation, see README Training.
+    # The validation split must NOT fill every 2 × 2 batch: Accelerate then repeats rows to even out the
+    # processes' last batches, and the distributed validation loss must still equal one process's.
     for n in range(80, 120):
         path = make_train_project(
             tmp_path / f"rows{n}", tiny_llama, rows=chat_rows(n), max_steps=4, batch_size=4, eval_every=2, save_every=2
         )
-        if sum(1 for _ in (path.parent / "data/prepared/val.jsonl").open()) % 4 == 0:
+        if sum(1 for _ in (path.parent / "data/prepared/val.jsonl").open()) % 4 != 0:
             break
     tmp_path = path.parent
     single = sft.train(config.load(path))

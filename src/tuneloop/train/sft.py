@@ -256,8 +256,9 @@ def _device() -> str:
 # --------------------------------------------------------------------------- 5. the loss and the trainer
 
 
-def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """(weighted sum of token losses, number of trained tokens, number predicted right) for one batch.
+def token_loss(model: Any, batch: dict[str, Any], per_example: bool = False) -> Any:
+    """(weighted sum of token losses, number of trained tokens, number predicted right) for one batch;
+    with `per_example`, a float64 tensor (examples, 3) of those three per example.
 
     Logits are computed only at trained positions (`logits_to_keep`): prompts and padding never
     pay for the vocabulary projection, which is a large share of a small model's compute.
@@ -274,8 +275,21 @@ def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
     targets = labels[selected]
     weights = batch["shift_weights"][selected]
     losses = F.cross_entropy(logits.float(), targets, reduction="none")
-    correct = (logits.argmax(-1) == targets).sum()
-    return (losses * weights).sum(), torch.tensor(targets.numel()), correct
+    hits = logits.argmax(-1) == targets
+    if per_example:
+        # Which example each trained position belongs to: its row, or in a packed row the count of
+        # position-id restarts before it. One row of stats per example, in the batch's order.
+        if "position_ids" in inputs:
+            owner = (inputs["position_ids"] == 0).long().cumsum(-1) - 1
+        else:
+            owner = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
+        owner = owner[selected]
+        stats = torch.zeros(len(batch["example_ids"]), 3, dtype=torch.float64, device=losses.device)
+        stats[:, 0].index_add_(0, owner, (losses * weights).double())
+        stats[:, 1].index_add_(0, owner, torch.ones_like(losses, dtype=torch.float64))
+        stats[:, 2].index_add_(0, owner, hits.double())
+        return stats
+    return (losses * weights).sum(), torch.tensor(targets.numel()), hits.sum()
 
 
 def make_trainer_class() -> type:
@@ -328,9 +342,10 @@ def make_trainer_class() -> type:
             totals = torch.zeros(3, dtype=torch.float64)
             with torch.no_grad(), self.accelerator.autocast():
                 for batch in loader:
-                    loss_sum, count, correct = token_loss(model, self._prepare_inputs(batch))
-                    totals += torch.tensor([float(loss_sum), float(count), float(correct)], dtype=torch.float64)
-            totals = self.accelerator.reduce(totals.to(self.args.device), "sum").cpu()
+                    # Per example, so that gathering drops the rows Accelerate repeats to even out the
+                    # processes' last batches: every validation example counts exactly once.
+                    stats = token_loss(model, self._prepare_inputs(batch), per_example=True)
+                    totals += self.accelerator.gather_for_metrics(stats).sum(0).cpu()
             loss_sum, count, correct = totals.tolist()
             metrics = {
                 f"{metric_key_prefix}_loss": loss_sum / max(count, 1),
