@@ -1,9 +1,11 @@
 """Measure the drift alarm of `tuneloop monitor`: its false-positive rate and its power, on seeded traffic.
 
-    .venv/bin/python bench/monitor_drift.py [--sizes 25,50,100,200] [--trials 200] [--train 1000]
+    .venv/bin/python bench/monitor_drift.py [--sizes 25,50,100] [--trials 200] [--power-trials 30] [--train 2500]
 
 The "project" is trained on `--train` support tickets from scripts/make_tickets.py (the quickstart's
-generator). Three pools of traffic, each embedded once with MiniLM (the real encoder of
+generator); like `tuneloop monitor`, each trial compares with a seeded sample of 1000 of them
+(monitor.train_sample), so trials differ in their training sample as well as in their traffic.
+Three pools of traffic, each embedded once with MiniLM (the real encoder of
 `tuneloop monitor`) and measured once with the SmolLM2 tokenizer:
 
 - in-distribution: more tickets from the same generator, none of them in the training set;
@@ -73,18 +75,18 @@ def tickets(count: int, seed: int) -> list[str]:
     return [row["messages"][1]["content"] for row in module.generate(count, seed)]
 
 
-def make_pools(train_size: int, pool_size: int, seed: int = 7) -> dict[str, list[str]]:
+def make_pools(train_size: int, pool_size: int, shift_size: int, seed: int = 7) -> dict[str, list[str]]:
     """The training prompts and the three traffic pools (in-distribution is disjoint from training)."""
-    support = tickets(train_size + 4 * pool_size, seed)
-    train, same, rest = (
-        support[:train_size],
-        support[train_size : train_size + pool_size],
-        support[train_size + pool_size :],
-    )
+    support = tickets(train_size + pool_size + 3 * shift_size, seed)
+    # The generator never repeats a ticket, so late tickets lean towards the rarer phrasings: shuffled,
+    # training and traffic are two random parts of one set, as the permutation test assumes.
+    random.Random(seed).shuffle(support)
+    train, same = support[:train_size], support[train_size : train_size + pool_size]
+    rest = support[train_size + pool_size :]
     threads = [
-        f"{rest[i]}\n\nEarlier:\n{rest[i + 1]}\n\nAnd before that:\n{rest[i + 2]}" for i in range(0, 3 * pool_size, 3)
+        f"{rest[i]}\n\nEarlier:\n{rest[i + 1]}\n\nAnd before that:\n{rest[i + 2]}" for i in range(0, 3 * shift_size, 3)
     ]
-    return {"train": train, "same": same, "topic": cooking_questions(pool_size, seed), "length": threads}
+    return {"train": train, "same": same, "topic": cooking_questions(shift_size, seed), "length": threads}
 
 
 class Measured:
@@ -135,18 +137,21 @@ def _request(text: str, k: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="25,50,100,200", help="traffic sample sizes (prompts per trial)")
+    parser.add_argument("--sizes", default="25,50,100", help="traffic sample sizes (prompts per trial)")
     parser.add_argument("--trials", type=int, default=200, help="in-distribution trials per size (false positives)")
-    parser.add_argument("--power-trials", type=int, default=100, help="trials per shifted pool and size (power)")
-    parser.add_argument("--train", type=int, default=1000, help="training prompts (monitor.train_sample is 1000)")
-    parser.add_argument("--pool", type=int, default=600, help="prompts in each traffic pool")
+    parser.add_argument("--power-trials", type=int, default=30, help="trials per shifted pool and size (power)")
+    parser.add_argument("--train", type=int, default=2500, help="training prompts (each trial samples 1000 of them)")
+    parser.add_argument("--pool", type=int, default=1000, help="prompts in the in-distribution traffic pool")
+    parser.add_argument("--shift-pool", type=int, default=300, help="prompts in each shifted traffic pool")
     parser.add_argument("--permutations", type=int, default=500, help="monitor.permutations")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    measured = Measured(make_pools(args.train, max(args.pool, max(sizes))))
+    biggest = max(sizes)
+    measured = Measured(make_pools(args.train, max(args.pool, biggest), max(args.shift_pool, biggest)))
     print(
         f"drift alarm (monitor.drift_alpha 0.05: MMD and length KS at 0.025 each), {args.train} training prompts, "
+        "1000 sampled per trial, "
         f"{args.permutations} permutations, {args.trials} in-distribution and {args.power_trials} shifted trials "
         "per size",
         flush=True,

@@ -100,7 +100,7 @@ def test_monitor_drift_bench_reports_false_positives_and_power_per_size():
     """Tiny sizes (MiniLM embeds every pool once): the figures in the README come from a full run."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench/monitor_drift.py"), "--sizes", "20", "--trials", "5",
-         "--power-trials", "5", "--train", "100", "--pool", "40"],
+         "--power-trials", "5", "--train", "100", "--pool", "40", "--shift-pool", "20"],
         capture_output=True,
         text=True,
         check=True,
