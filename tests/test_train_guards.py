@@ -160,17 +160,21 @@ def test_signal_handling_off_the_main_thread_is_reported(capsys: pytest.CaptureF
 
 
 def test_a_non_finite_validation_loss_stops_the_run(project: Path, monkeypatch: pytest.MonkeyPatch):
-    real = sft.token_loss
+    real_loss, real_stats = sft.token_loss, sft.example_losses
     calls = {"n": 0}
 
-    def nan_in_validation(model, batch):
-        loss_sum, count, correct = real(model, batch)
-        calls["n"] += model.training
-        if not model.training and calls["n"] >= 5:
-            loss_sum = loss_sum * float("nan")
-        return loss_sum, count, correct
+    def counting(model, batch):
+        calls["n"] += 1  # training steps taken
+        return real_loss(model, batch)
 
-    monkeypatch.setattr(sft, "token_loss", nan_in_validation)
+    def nan_in_validation(model, batch):
+        stats = real_stats(model, batch)
+        if calls["n"] >= 5:  # the validation after step 5
+            stats[:, 0] = float("nan")
+        return stats
+
+    monkeypatch.setattr(sft, "token_loss", counting)
+    monkeypatch.setattr(sft, "example_losses", nan_in_validation)
     with pytest.raises(UserError, match=r"the validation metric eval_loss is nan at step 5") as caught:
         sft.train(load(project))
     assert "No checkpoint was written for this evaluation" in str(caught.value)

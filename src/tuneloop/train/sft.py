@@ -256,40 +256,48 @@ def _device() -> str:
 # --------------------------------------------------------------------------- 5. the loss and the trainer
 
 
-def token_loss(model: Any, batch: dict[str, Any], per_example: bool = False) -> Any:
-    """(weighted sum of token losses, number of trained tokens, number predicted right) for one batch;
-    with `per_example`, a float64 tensor (examples, 3) of those three per example.
+def _trained_positions(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(loss, weight, right or not, mask of trained positions) at every trained position of a batch.
 
     Logits are computed only at trained positions (`logits_to_keep`): prompts and padding never
     pay for the vocabulary projection, which is a large share of a small model's compute.
     """
-    import torch
     import torch.nn.functional as F
 
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    keep = batch["logits_to_keep"]
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    logits = model(**inputs, logits_to_keep=batch["logits_to_keep"], use_cache=False).logits
     logits = logits.reshape(-1, logits.shape[-1])
-    labels = batch["shift_labels"]
-    selected = labels != IGNORE
-    targets = labels[selected]
-    weights = batch["shift_weights"][selected]
+    selected = batch["shift_labels"] != IGNORE
+    targets = batch["shift_labels"][selected]
     losses = F.cross_entropy(logits.float(), targets, reduction="none")
-    hits = logits.argmax(-1) == targets
-    if per_example:
-        # Which example each trained position belongs to: its row, or in a packed row the count of
-        # position-id restarts before it. One row of stats per example, in the batch's order.
-        if "position_ids" in inputs:
-            owner = (inputs["position_ids"] == 0).long().cumsum(-1) - 1
-        else:
-            owner = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
-        owner = owner[selected]
-        stats = torch.zeros(len(batch["example_ids"]), 3, dtype=torch.float64, device=losses.device)
-        stats[:, 0].index_add_(0, owner, (losses * weights).double())
-        stats[:, 1].index_add_(0, owner, torch.ones_like(losses, dtype=torch.float64))
-        stats[:, 2].index_add_(0, owner, hits.double())
-        return stats
-    return (losses * weights).sum(), torch.tensor(targets.numel()), hits.sum()
+    return losses, batch["shift_weights"][selected], logits.argmax(-1) == targets, selected
+
+
+def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(weighted sum of token losses, number of trained tokens, number predicted right) for one batch."""
+    import torch
+
+    losses, weights, hits, _ = _trained_positions(model, batch)
+    return (losses * weights).sum(), torch.tensor(losses.numel()), hits.sum()
+
+
+def example_losses(model: Any, batch: dict[str, Any]) -> Any:
+    """Per example of the batch, in its order: (weighted loss sum, trained tokens, predicted right), float64."""
+    import torch
+
+    losses, weights, hits, selected = _trained_positions(model, batch)
+    # Which example each trained position belongs to: its row, or in a packed row the number of
+    # position-id restarts before it.
+    if "position_ids" in batch:
+        owner = (batch["position_ids"] == 0).long().cumsum(-1) - 1
+    else:
+        owner = torch.arange(selected.shape[0], device=selected.device)[:, None].expand_as(selected)
+    owner = owner[selected]
+    stats = torch.zeros(len(batch["example_ids"]), 3, dtype=torch.float64, device=losses.device)
+    stats[:, 0].index_add_(0, owner, (losses * weights).double())
+    stats[:, 1].index_add_(0, owner, torch.ones_like(losses, dtype=torch.float64))
+    stats[:, 2].index_add_(0, owner, hits.double())
+    return stats
 
 
 def make_trainer_class() -> type:
@@ -344,7 +352,7 @@ def make_trainer_class() -> type:
                 for batch in loader:
                     # Per example, so that gathering drops the rows Accelerate repeats to even out the
                     # processes' last batches: every validation example counts exactly once.
-                    stats = token_loss(model, self._prepare_inputs(batch), per_example=True)
+                    stats = example_losses(model, self._prepare_inputs(batch))
                     totals += self.accelerator.gather_for_metrics(stats).sum(0).cpu()
             loss_sum, count, correct = totals.tolist()
             metrics = {
