@@ -11,7 +11,6 @@ does not import the review stage).
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
+from tuneloop.plots import png_base64
 
 TOP = 10
 HUMAN_REVIEW_FILE = "human-review.json"
@@ -44,9 +44,9 @@ def write(
         "primary": primary,
         "runs": [_run_section(d) for d in run_dirs],
         "charts": {
-            "metrics": _png(_metric_bars, report, cfg.task.metrics),
-            "differences": _png(_difference_histograms, scores, primary) if len(systems) > 1 else None,
-            "fields": _png(_field_bars, report["fields"], report["systems"]) if report.get("fields") else None,
+            "metrics": png_base64(_metric_bars, report, cfg.task.metrics),
+            "differences": png_base64(_difference_histograms, scores, primary) if len(systems) > 1 else None,
+            "fields": png_base64(_field_bars, report["fields"], report["systems"]) if report.get("fields") else None,
         },
         "examples": {s.name: _wins_and_losses(cases, systems, scores, primary, s.name) for s in systems[1:]},
         "human": _human_review(out_dir),
@@ -176,20 +176,6 @@ def _wins_and_losses(cases, systems, scores, metric: str, name: str) -> dict[str
     wins = [row(i) for i in order[:TOP] if diff[i] > 0]
     losses = [row(i) for i in order[::-1][:TOP] if diff[i] < 0]
     return {"wins": wins, "losses": losses}
-
-
-def _png(draw, *args: Any) -> str:
-    """Run a drawing function on a fresh figure; return the PNG as base64 for an <img> data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = draw(plt, *args)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _metric_bars(plt, report: dict[str, Any], metrics: list[str]):

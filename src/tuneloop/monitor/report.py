@@ -6,8 +6,6 @@ autoescape on: prompts and answers are whatever clients sent, so every one of th
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.monitor.signals import SIGNALS
+from tuneloop.plots import png_base64
 
 
 def write(out_dir: Path, stem: str, report: dict[str, Any], objective: str) -> tuple[Path, Path]:
@@ -26,8 +25,8 @@ def write(out_dir: Path, stem: str, report: dict[str, Any], objective: str) -> t
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     d = report["drift"]
     charts = {
-        "lengths": _png(_length_histograms, d) if d["status"] == "tested" else None,
-        "days": _png(_daily_rates, report["outputs"]["per_day"]) if report["outputs"]["per_day"] else None,
+        "lengths": png_base64(_length_histograms, d) if d["status"] == "tested" else None,
+        "days": png_base64(_daily_rates, report["outputs"]["per_day"]) if report["outputs"]["per_day"] else None,
     }
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
@@ -37,20 +36,6 @@ def write(out_dir: Path, stem: str, report: dict[str, Any], objective: str) -> t
     page = env.get_template("report.html.j2").render(r=report, objective=objective, charts=charts, signals=SIGNALS)
     html_path.write_text(page, encoding="utf-8")
     return json_path, html_path
-
-
-def _png(draw, *args: Any) -> str:
-    """Run a drawing function on a fresh figure; return the PNG as base64 for an <img> data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = draw(plt, *args)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _length_histograms(plt, d: dict[str, Any]):
