@@ -1,4 +1,4 @@
-"""Plots for self-contained HTML reports: a drawing function's figure as a base64 PNG for an <img> data URI."""
+"""Shared pieces of the self-contained HTML reports (eval, monitor): plots as base64 PNG, numbers as text."""
 
 from __future__ import annotations
 
@@ -20,3 +20,14 @@ def png_base64(draw: Callable[..., Any], *args: Any) -> str:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """A number for a report table: '–' for None, thousands separators for integers and large values."""
+    import numpy as np
+
+    if value is None:
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,}"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"

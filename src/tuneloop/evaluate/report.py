@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
+from tuneloop.plots import format_number as _num
 from tuneloop.plots import png_base64
 
 TOP = 10
@@ -227,14 +228,6 @@ def _difference_histograms(plt, scores: dict[str, dict[str, Any]], metric: str):
         ax.set_ylabel("examples")
     fig.tight_layout()
     return fig
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, (int, np.integer)):
-        return f"{value:,}"
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
 def _markdown(c: dict[str, Any]) -> str:

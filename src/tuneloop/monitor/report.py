@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.monitor.signals import SIGNALS
-from tuneloop.plots import png_base64
+from tuneloop.plots import format_number, png_base64
 
 
 def write(out_dir: Path, stem: str, report: dict[str, Any], objective: str) -> tuple[Path, Path]:
@@ -31,7 +31,7 @@ def write(out_dir: Path, stem: str, report: dict[str, Any], objective: str) -> t
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
-    env.filters["num"] = _num
+    env.filters["num"] = format_number
     env.filters["pct"] = _pct
     page = env.get_template("report.html.j2").render(r=report, objective=objective, charts=charts, signals=SIGNALS)
     html_path.write_text(page, encoding="utf-8")
@@ -66,14 +66,6 @@ def _daily_rates(plt, per_day: dict[str, dict[str, int]]):
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     return fig
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, (int, np.integer)):
-        return f"{value:,}"
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
 def _pct(value: float | None) -> str:
