@@ -50,7 +50,7 @@ def make_adapter_run(project: Path, name: str = "chat-test", std: float = 0.05, 
         model.save_pretrained(final)
     else:
         torch.manual_seed(seed)
-        wrapped = peft.get_peft_model(model, peft_config(cfg, model.config.model_type))
+        wrapped = peft.get_peft_model(model, peft_config(cfg, model))
         with torch.no_grad():
             for n, p in wrapped.named_parameters():
                 if "lora_B" in n or "prompt_encoder" in n:

@@ -220,6 +220,8 @@ def test_unknown_names_are_user_errors(tmp_path: Path):
         {"name": "lora", "lora": {"r": 8, "target_modules": "all-linear"}},
         {"name": "lora", "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}},
         {"name": "dora", "lora": {"r": 8}},
+        {"name": "lora", "lora": {"last_layers": 1}},
+        {"name": "lora", "lora": {"target_modules": ["q_proj", "down_proj"], "last_layers": 1}},
         {"name": "prompt_tuning", "prompt": {"num_virtual_tokens": 7}},
         {"name": "prefix_tuning", "prompt": {"num_virtual_tokens": 5}},
         {"name": "full"},
@@ -234,6 +236,51 @@ def test_trainable_count_equals_peft(tiny_llama: Path, method: dict):
     wrapped = methods.wrap(model, cfg, gradient_checkpointing=False)
     expected = methods.count_parameters(wrapped).trainable
     assert plan.trainable_parameters(plan.model_shape(str(tiny_llama)), cfg.method) == expected
+
+
+def test_last_layers_adapts_only_the_top_blocks_and_backprop_stops_below_them(tiny_llama: Path):
+    """The point of method.lora.last_layers is the cheaper backward: the lower block must not join the graph."""
+    import torch
+
+    from tuneloop.models import load_causal_lm
+    from tuneloop.train import methods
+
+    cfg = config.ProjectConfig.model_validate(
+        {
+            "task": {"objective": "x", "type": "chat"},
+            "method": {"lora": {"target_modules": "all-linear", "last_layers": 1}},
+        }
+    )
+    model, _ = load_causal_lm(str(tiny_llama), dtype="float32")
+    assert methods.block_count(model) == 2
+    linear = set(methods.linear_names(model))
+    assert linear == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    wrapped = methods.wrap(model, cfg, gradient_checkpointing=False)
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in wrapped.named_parameters() if "lora_A" in name}
+    assert adapted == {"1"}
+    kinds = {
+        name.rsplit(".lora_A", 1)[0].rsplit(".", 1)[-1] for name, _ in wrapped.named_parameters() if "lora_A" in name
+    }
+    assert kinds == linear
+    seen = {}
+    blocks = wrapped.base_model.model.model.layers
+    blocks[0].register_forward_hook(lambda m, i, o: seen.setdefault(0, (o[0] if isinstance(o, tuple) else o)))
+    blocks[1].register_forward_hook(lambda m, i, o: seen.setdefault(1, (o[0] if isinstance(o, tuple) else o)))
+    ids = torch.tensor([[1, 5, 7, 9]])
+    wrapped(input_ids=ids, labels=ids).loss.backward()
+    assert not seen[0].requires_grad and seen[1].requires_grad
+
+
+def test_last_layers_beyond_the_model_is_a_user_error(tiny_llama: Path):
+    from tuneloop.models import load_causal_lm
+    from tuneloop.train import methods
+
+    cfg = config.ProjectConfig.model_validate(
+        {"task": {"objective": "x", "type": "chat"}, "method": {"lora": {"last_layers": 3}}}
+    )
+    model, _ = load_causal_lm(str(tiny_llama), dtype="float32")
+    with pytest.raises(UserError, match="last_layers is 3 but the model has 2 transformer blocks"):
+        methods.wrap(model, cfg, gradient_checkpointing=False)
 
 
 def test_unknown_lora_target_is_a_user_error(tiny_llama: Path):

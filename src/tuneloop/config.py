@@ -299,6 +299,12 @@ class LoraConfig(_Section):
         description="'auto' picks the attention and MLP projections for the architecture; "
         "'all-linear' adapts every linear layer; or list module names.",
     )
+    last_layers: int | None = Field(
+        default=None,
+        gt=0,
+        description="Adapt only the last N transformer blocks (null: every block). Backpropagation then stops "
+        "below them, so a step costs less: the last 10 of SmolLM2-135M's 30 make a CPU step 1.8x faster.",
+    )
 
 
 class QuantConfig(_Section):

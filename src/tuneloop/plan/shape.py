@@ -249,7 +249,7 @@ def adapted_modules(shape: ModelShape, method: MethodConfig) -> list[Module]:
     if targets == "auto":
         targets = LORA_TARGETS.get(shape.model_type, "all-linear")
     if targets == "all-linear":
-        return [m for m in shape.modules if m.kind == "linear" and not m.head]
+        return _in_last_layers([m for m in shape.modules if m.kind == "linear" and not m.head], shape, method)
     chosen = [m for m in shape.modules if any(m.name == t or m.name.endswith("." + t) for t in targets)]
     missing = [t for t in targets if not any(m.name == t or m.name.endswith("." + t) for m in chosen)]
     if missing:
@@ -258,7 +258,21 @@ def adapted_modules(shape: ModelShape, method: MethodConfig) -> list[Module]:
             f"method.lora.target_modules: {', '.join(missing)} match no layer of {shape.name}; "
             f"its linear layers are {', '.join(names)} (or use 'all-linear')"
         )
-    return chosen
+    return _in_last_layers(chosen, shape, method)
+
+
+def _in_last_layers(modules: list[Module], shape: ModelShape, method: MethodConfig) -> list[Module]:
+    """Keep the modules of the last `method.lora.last_layers` blocks (the block index is the name's number)."""
+    last = method.lora.last_layers
+    if last is None:
+        return modules
+    first = shape.layers - last
+    kept = []
+    for m in modules:
+        index = re.search(r"\.(\d+)\.", m.name)
+        if index is not None and int(index.group(1)) >= first:
+            kept.append(m)
+    return kept
 
 
 def trainable_parameters(shape: ModelShape, method: MethodConfig) -> int:

@@ -5,6 +5,7 @@ Everything adapter-shaped goes through PEFT; this module only picks the settings
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,31 @@ def lora_targets(cfg: ProjectConfig, model_type: str) -> list[str] | str:
     return list(targets)
 
 
-def peft_config(cfg: ProjectConfig, model_type: str) -> Any:
-    """The PEFT config for the method, or None for full fine-tuning."""
+def linear_names(model: Any) -> list[str]:
+    """The distinct names of the linear layers inside the transformer blocks: what 'all-linear' adapts."""
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        # bitsandbytes' Linear4bit subclasses nn.Linear, so a 4-bit base is covered too.
+        if module is not output and re.search(r"\.\d+\.", name) and isinstance(module, torch.nn.Linear)
+    }
+    return sorted(names)
+
+
+def block_count(model: Any) -> int | None:
+    """How many transformer blocks the model has (config.num_hidden_layers or n_layer), if it says."""
+    config = getattr(model, "config", None)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
+def peft_config(cfg: ProjectConfig, model: Any) -> Any:
+    """The PEFT config for the method on `model` (the loaded base), or None for full fine-tuning."""
     import peft
 
     name = cfg.method.name
@@ -65,11 +89,29 @@ def peft_config(cfg: ProjectConfig, model_type: str) -> Any:
         return None
     if name in ("lora", "qlora", "dora"):
         lora = cfg.method.lora
+        targets = lora_targets(cfg, getattr(model.config, "model_type", ""))
+        layers = None
+        if lora.last_layers is not None:
+            blocks = block_count(model)
+            if blocks is None:
+                raise UserError(
+                    "method.lora.last_layers: this model's config names no layer count (num_hidden_layers); "
+                    "remove last_layers to adapt every block"
+                )
+            if lora.last_layers > blocks:
+                raise UserError(
+                    f"method.lora.last_layers is {lora.last_layers} but the model has {blocks} transformer "
+                    f"blocks; set it to at most {blocks}, or null for all"
+                )
+            layers = list(range(blocks - lora.last_layers, blocks))
+            # PEFT takes a layer list only with explicit module names, so 'all-linear' is spelled out.
+            targets = linear_names(model) if targets == "all-linear" else targets
         return peft.LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=lora_targets(cfg, model_type),
+            target_modules=targets,
+            layers_to_transform=layers,
             use_dora=name == "dora",
             task_type="CAUSAL_LM",
         )
@@ -86,7 +128,7 @@ def wrap(model: Any, cfg: ProjectConfig, gradient_checkpointing: bool) -> Any:
     if gradient_checkpointing:
         # Reentrant checkpointing drops gradients for frozen-input adapters; non-reentrant does not.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = peft_config(cfg, getattr(model.config, "model_type", ""))
+    config = peft_config(cfg, model)
     if config is None:
         model.requires_grad_(True)
         return model
