@@ -69,6 +69,21 @@ def test_run_folder_is_self_describing(project: Path):
     assert json.loads((run / "data-manifest.json").read_text())["splits"] == manifest["splits"]
 
 
+def test_val_examples_measures_every_pass_on_the_same_subset(project: Path):
+    def eval_losses(run_dir: Path) -> list[float]:
+        rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        return [row["eval_loss"] for row in rows if "eval_loss" in row]
+
+    whole = sft.train(load(project, "train.max_steps=2", "train.eval_every=2"))
+    part = sft.train(load(project, "train.max_steps=2", "train.eval_every=2", "train.val_examples=3"))
+    again = sft.train(load(project, "train.max_steps=2", "train.eval_every=2", "train.val_examples=3"))
+    assert part.summary["examples"]["val"] == 3 < whole.summary["examples"]["val"]
+    assert len(eval_losses(part.run_dir)) == 2  # the base model's pass and the last step's
+    assert eval_losses(part.run_dir) == eval_losses(again.run_dir) != eval_losses(whole.run_dir)
+    capped = sft.train(load(project, "train.max_steps=1", "train.val_examples=1000"))
+    assert capped.summary["examples"]["val"] == whole.summary["examples"]["val"]
+
+
 @pytest.mark.parametrize("method", ["lora", "dora", "full", "prompt_tuning", "prefix_tuning", "qlora"])
 def test_every_trainable_parameter_changes(project: Path, tiny_llama: Path, method: str):
     from tuneloop.train.methods import wrap

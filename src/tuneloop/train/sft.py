@@ -496,6 +496,8 @@ def train(
     check_kinds(val_examples, "val")
     if cfg.train.examples is not None:
         train_examples = subset(train_examples, cfg.train.examples, cfg.data.seed)
+    if cfg.train.val_examples is not None and cfg.train.val_examples < len(val_examples):
+        val_examples = subset(val_examples, cfg.train.val_examples, cfg.data.seed)
     if model is None:
         model, tokenizer = load_model(cfg)
     check_template(manifest, tokenizer)
