@@ -70,6 +70,14 @@ def test_a_budgeted_run_records_its_steps_and_a_rerun_without_the_budget_is_iden
     assert losses(rerun.run_dir) == losses(result.run_dir)
 
 
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_the_budget_times_every_batch_layout(project: Path, layout: str):
+    # A packed batch has no attention mask: the validation timing must count its tokens another way.
+    result = sft.train(config.load(project, [*BUDGETED, "train.time_budget=10m", f"train.batching={layout}"]))
+    assert result.summary["batching"]["layout"] == layout
+    assert result.summary["time_budget"]["validation_seconds"] > 0
+
+
 def test_a_budget_shorter_than_one_step_says_how_long_a_step_takes(project: Path):
     with pytest.raises(UserError, match=r"train.time_budget 0.001s is too short: one step takes [\d.]+ s"):
         sft.train(config.load(project, [*BUDGETED, "train.time_budget=0.001s"]))

@@ -110,7 +110,9 @@ def choose_max_steps(
             t0 = time.perf_counter()
             with torch.no_grad(), autocast:
                 loss_fn(model, batch)
-            per_token = (time.perf_counter() - t0) / max(int(batch["attention_mask"].sum()), 1)
+            # A packed batch has no padding and no attention mask: every position is a real token.
+            real = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            per_token = (time.perf_counter() - t0) / max(int(real), 1)
             validation = per_token * sum(len(i["input_ids"]) for i in val_items)
     finally:
         model.zero_grad(set_to_none=True)
