@@ -110,16 +110,17 @@ def choose_max_steps(
             t0 = time.perf_counter()
             with torch.no_grad(), autocast:
                 loss_fn(model, batch)
-            # A packed batch has no padding and no attention mask: every position is a real token.
-            real = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-            per_token = (time.perf_counter() - t0) / max(int(real), 1)
+            per_token = (time.perf_counter() - t0) / _real_tokens(batch)
             validation = per_token * sum(len(i["input_ids"]) for i in val_items)
     finally:
         model.zero_grad(set_to_none=True)
         model.train()
         torch.set_rng_state(state)
-    # The second step is past one-time allocations; a step is grad_accum micro-batches.
-    step = times[-1] * t.grad_accum
+    # The second step is past one-time allocations; a step is grad_accum micro-batches. A step's time
+    # follows its token count, so the timed batch is scaled to the mean batch: two random batches of
+    # unequal lengths would otherwise set the whole run's length by chance.
+    mean_batch = min(size, len(train_items)) * sum(len(i["input_ids"]) for i in train_items) / len(train_items)
+    step = times[-1] * mean_batch / _real_tokens(batches[-1]) * t.grad_accum
     spent = time.perf_counter() - started
     n = steps_within(budget, step, validation, spent, t.eval_every, bool(val_items), epoch_steps)
     if n < 1:
@@ -138,6 +139,12 @@ def choose_max_steps(
         + f"; rerun exactly with --set train.max_steps={n} --set train.time_budget=null"
     )
     return choice
+
+
+def _real_tokens(batch: dict[str, Any]) -> int:
+    """Tokens in a batch that are not padding (a packed batch has no padding and no attention mask)."""
+    real = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+    return max(int(real), 1)
 
 
 def apply(
