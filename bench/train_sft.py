@@ -20,7 +20,10 @@ without bf16 support ("Your setup doesn't support bf16/gpu"), as on this machine
 gradient checkpointing stays on; ours is off by default, which is part of what is compared.
 Ours runs twice by default: with `train.precision: auto` (bf16 autocast where the CPU has native
 bf16 and the loss matches fp32) and forced to fp32, the same precision as TRL. MFU is measured
-against a matmul peak in each run's own precision.
+against a matmul peak in each run's own precision. A `:lastN` variant (LoRA on the last N blocks only,
+`method.lora.last_layers`) does less work per token, since backpropagation stops below those blocks;
+its GFLOP/s and MFU still count the work of LoRA on every block, so they read as the rate a run
+adapting every block would need to match it.
 Absolute times on shared machines are noise: read the ratios, which come from one run.
 """
 
@@ -100,8 +103,10 @@ OURS = (
     + """
 from tuneloop import config
 from tuneloop.train.sft import train
-layout, _, precision = spec["variant"].partition("@")
-cfg = config.load(spec["config"], overrides=[f"train.batching={layout}", f"train.precision={precision or 'auto'}"])
+variant, _, last = spec["variant"].partition(":last")
+layout, _, precision = variant.partition("@")
+overrides = [f"train.batching={layout}", f"train.precision={precision or 'auto'}"]
+cfg = config.load(spec["config"], overrides=overrides + ([f"method.lora.last_layers={last}"] if last else []))
 result = train(cfg)
 s = result.summary["this_session"]
 finish(s["seconds"], {"trained": s["trained_tokens"], "real": s["tokens"], "computed": s["computed_tokens"]},
@@ -248,7 +253,8 @@ def main() -> None:
         "--ours",
         default="auto,auto@fp32",
         help="Our variants, comma-separated: a batch layout (auto, padded, packed, length_grouped), optionally "
-        "@precision (fp32, bf16); without @, train.precision=auto picks. The first one is the ratio's numerator",
+        "@precision (fp32, bf16), optionally :lastN (method.lora.last_layers=N); without @, train.precision=auto "
+        "picks. The first one is the ratio's numerator",
     )
     parser.add_argument("--quick", action="store_true", help="Tiny model only, 4 steps: checks the script runs")
     args = parser.parse_args()
@@ -283,9 +289,10 @@ def main() -> None:
                 results = [("TRL SFTTrainer", trl)]
                 for variant in args.ours.split(","):
                     ours = run_child(OURS, {"config": str(cfg_path), "variant": variant})
-                    layout = variant.partition("@")[0]
+                    layout, _, last = variant.partition(":last")
+                    layout = layout.partition("@")[0]
                     shown = f"auto:{ours['layout']}" if layout == "auto" else layout
-                    results.append((f"tuneloop {shown} {ours['precision']}", ours))
+                    results.append((f"tuneloop {shown} {ours['precision']}" + (f" last{last}" if last else ""), ours))
                 base = trl["trained"] / trl["seconds"]
                 for name, r in results:
                     rate = r["trained"] / r["seconds"]
