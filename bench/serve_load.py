@@ -2,7 +2,8 @@
 or (--compare-log) the server without and with its traffic log.
 
     .venv/bin/python bench/serve_load.py [--model smollm2-135m-instruct|tiny|FOLDER] [--duration 30]
-                                         [--clients 1,8,32] [--max-tokens 32] [--max-batch 32] [--compare-log]
+                                         [--clients 1,8,32] [--max-tokens 32] [--max-batch 32]
+                                         [--compare-log [--rounds 4] [--control]]
 
 For each mode it starts `tuneloop serve` itself on 127.0.0.1 (a free port, no request log), runs
 1, 8 and 32 concurrent clients for --duration seconds each (every client sends chat completions
@@ -17,7 +18,8 @@ With --compare-log it instead starts two batched servers, one without a traffic 
 in turn, --rounds alternating slices of each client count, so that a change in the machine's load
 hits both alike. It prints the p50 latency ratio with over without the log at each client count,
 and how many requests the log holds and dropped (from the file and /metrics), so a log that
-silently wrote nothing cannot look free. Everything is
+silently wrote nothing cannot look free. --control adds a third server, again without the log, and
+prints how far two identical servers' p50 differ: an overhead inside that spread is noise. Everything is
 bounded: clients stop starting requests at the deadline, every request has a timeout, and the
 server is stopped whatever happens. Traffic only goes to 127.0.0.1.
 """
@@ -196,8 +198,11 @@ async def compare_log(model: str, args: argparse.Namespace, levels: list[int], l
     from tuneloop import traffic
 
     servers, urls, names = [], [], []
+    # A third server, a second one without the log, measures the noise floor: the p50 ratio of two
+    # identical servers loaded the same way. An overhead inside that spread is not the log's.
+    sides = (None, log_file, None) if args.control else (None, log_file)
     try:
-        for log in (None, log_file):
+        for log in sides:
             port = _free_port()
             servers.append(start_server(model, port, args.max_batch, args.max_tokens, log))
             urls.append(f"http://127.0.0.1:{port}")
@@ -206,11 +211,12 @@ async def compare_log(model: str, args: argparse.Namespace, levels: list[int], l
                 await wait_ready(url, server)
                 names.append((await http.get(url + "/v1/models")).json()["data"][0]["id"])
                 await run_level(url, names[-1], 1, min(args.duration, 3), args.max_tokens)  # warm-up
-        results: list[list[Level]] = [[Level(n) for n in levels], [Level(n) for n in levels]]
+        results: list[list[Level]] = [[Level(n) for n in levels] for _ in sides]
         slice_s = args.duration / args.rounds
+        order = list(range(len(sides)))
         for i, n in enumerate(levels):
             for r in range(args.rounds):
-                for side in (0, 1) if r % 2 == 0 else (1, 0):  # A B, B A, ...: the order favours neither
+                for side in order if r % 2 == 0 else order[::-1]:  # A B, B A, ...: the order favours neither
                     part = await run_level(urls[side], names[side], n, slice_s, args.max_tokens)
                     total = results[side][i]
                     total.seconds += part.seconds
@@ -222,16 +228,21 @@ async def compare_log(model: str, args: argparse.Namespace, levels: list[int], l
     finally:
         for server in servers:
             stop_server(server)  # the logged server writes what is queued before it exits
-    for label, side in (("without a traffic log", 0), ("with --log-file (PII redaction on)", 1)):
+    labels = ["without a traffic log", "with --log-file (PII redaction on)", "without a traffic log (control)"]
+    for label, side in zip(labels, range(len(sides)), strict=False):
         print(label)
         for level in results[side]:
             print("  " + level.line())
     sent = sum(len(level.latencies) + level.failures for level in results[1])
     stored = len(traffic.read_requests(log_file))
     print(f"traffic log: {stored} requests stored, {dropped:g} dropped, of {sent} sent after the warm-up")
-    for plain, logged in zip(*results, strict=True):
+    for i, (plain, logged) in enumerate(zip(results[0], results[1], strict=True)):
         ratio = _p50(logged) / _p50(plain) if plain.latencies and logged.latencies else float("nan")
-        print(f"log overhead at {plain.clients} clients: p50 {ratio:.3f}x without the log ({(ratio - 1) * 100:+.1f}%)")
+        line = f"log overhead at {plain.clients} clients: p50 {ratio:.3f}x without the log ({(ratio - 1) * 100:+.1f}%)"
+        if args.control:
+            same = _p50(results[2][i]) / _p50(plain) if results[2][i].latencies else float("nan")
+            line += f"; two servers without it differ by {(same - 1) * 100:+.1f}%"
+        print(line)
 
 
 def tiny_model(folder: Path) -> str:
@@ -251,6 +262,9 @@ def main() -> None:
         "--compare-log", action="store_true", help="compare the batched server without and with its traffic log"
     )
     parser.add_argument("--rounds", type=int, default=4, help="--compare-log: alternating slices per client count")
+    parser.add_argument(
+        "--control", action="store_true", help="--compare-log: a second server without the log, for the noise floor"
+    )
     args = parser.parse_args()
     levels = [int(n) for n in args.clients.split(",")]
 

@@ -48,7 +48,7 @@ def test_serve_load_bench_reports_each_level_and_the_batching_ratio():
 def test_serve_load_bench_compares_the_traffic_log_and_checks_it_wrote():
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench/serve_load.py"), "--model", "tiny", "--duration", "1.5",
-         "--clients", "2", "--max-tokens", "4", "--compare-log", "--rounds", "2"],
+         "--clients", "2", "--max-tokens", "4", "--compare-log", "--rounds", "2", "--control"],
         capture_output=True,
         text=True,
         check=True,
@@ -57,7 +57,9 @@ def test_serve_load_bench_compares_the_traffic_log_and_checks_it_wrote():
     assert "without a traffic log" in out and "with --log-file" in out, out
     stored, dropped, sent = map(float, re.search(r"(\d+) requests stored, (\d+) dropped, of (\d+) sent", out).groups())
     assert stored >= sent > 0 and dropped == 0, out  # the warm-up's requests are stored too
-    assert re.search(r"log overhead at 2 clients: p50 [\d.]+x without the log", out), out
+    assert re.search(r"log overhead at 2 clients: p50 [\d.]+x without the log \([+-][\d.]+%\); two servers without "
+                     r"it differ by [+-][\d.]+%", out), out  # fmt: skip
+    assert "without a traffic log (control)" in out, out
 
 
 def test_data_prepare_bench_scores_pii_per_type_on_the_multi_country_fixture():
