@@ -11,6 +11,7 @@ from typing import Any
 from tuneloop.config import MethodConfig
 from tuneloop.errors import UserError
 from tuneloop.models import EMBEDDED, describe
+from tuneloop.train.methods import BLOCK_COUNT_KEYS, LORA_TARGETS
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def shape_from_config(config: Any, name: str, source: str, trust_remote_code: bo
         model_type=str(getattr(text, "model_type", "unknown")),
         parameters=sum(p.numel() for p in model.parameters()),
         hidden=hidden,
-        layers=_first(text, "num_hidden_layers", "n_layer", "num_layers"),
+        layers=_first(text, *BLOCK_COUNT_KEYS),
         heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
@@ -243,8 +244,6 @@ def model_shape(name: str, revision: str | None = None, trust_remote_code: bool 
 
 def adapted_modules(shape: ModelShape, method: MethodConfig) -> list[Module]:
     """The layers LoRA/QLoRA/DoRA wrap, matched the way PEFT matches target_modules."""
-    from tuneloop.train.methods import LORA_TARGETS
-
     targets = method.lora.target_modules
     if targets == "auto":
         targets = LORA_TARGETS.get(shape.model_type, "all-linear")

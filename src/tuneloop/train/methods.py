@@ -71,10 +71,14 @@ def linear_names(model: Any) -> list[str]:
     return sorted(names)
 
 
+# Where a config keeps its transformer block count; the planner (plan/shape.py) reads the same keys.
+BLOCK_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
 def block_count(model: Any) -> int | None:
     """How many transformer blocks the model has (config.num_hidden_layers or n_layer), if it says."""
     config = getattr(model, "config", None)
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+    for key in BLOCK_COUNT_KEYS:
         if isinstance(getattr(config, key, None), int):
             return getattr(config, key)
     return None
