@@ -31,7 +31,8 @@ def test_minimal_config_fills_defaults(project: Path):
 
 @pytest.mark.parametrize(("method", "lr"), [("full", 2e-5), ("lora", 2e-4), ("qlora", 2e-4), ("prompt_tuning", 3e-2)])
 def test_learning_rate_default_follows_method(project: Path, method: str, lr: float):
-    cfg = config.load(project / "tuneloop.yaml", [f"method.name={method}"])
+    # The fixture is a classification project; qlora and prompt tuning train generative tasks only.
+    cfg = config.load(project / "tuneloop.yaml", [f"method.name={method}", "task.type=instruction"])
     assert cfg.train.learning_rate == lr
 
 
@@ -193,7 +194,8 @@ def test_phone_regions_are_checked_at_load(project: Path):
 
 
 def test_a_train_metric_that_is_not_measured_is_located(project: Path):
-    message = load_error(project / "tuneloop.yaml", ["train.metric=rougel", "train.eval_metrics=[rougeL]"])
+    generative = "task.type=instruction"  # the fixture is a classification project, which measures its own metrics
+    message = load_error(project / "tuneloop.yaml", ["train.metric=rougel", "train.eval_metrics=[rougeL]", generative])
     assert "--set train.metric=rougel: train.metric: 'rougel' is not measured during training" in message
     assert "did you mean 'rougeL'?" in message
-    assert config.load(project / "tuneloop.yaml", ["train.metric=rougeL", "train.eval_metrics=[rougeL]"])
+    assert config.load(project / "tuneloop.yaml", ["train.metric=rougeL", "train.eval_metrics=[rougeL]", generative])

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from tuneloop import config_rules
+from tuneloop.config_classify import CLASS_WEIGHTS_HELP, ClassifyConfig, ClassWeights, check_class_weights
 from tuneloop.config_monitor import MonitorConfig
 from tuneloop.config_review import ReviewConfig
 from tuneloop.config_yaml import Section, apply_override, describe, parse_yaml
@@ -38,7 +39,7 @@ DEFAULT_PHONE_REGIONS = config_rules.DEFAULT_PHONE_REGIONS  # where national-for
 DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 
 TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
-MethodName = Literal["full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning"]
+MethodName = Literal["full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning", "features", "last_k"]
 DataFormat = Literal[
     "auto",
     "prompt_completion",
@@ -77,6 +78,8 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {
     "dora": 2e-4,
     "prompt_tuning": 3e-2,
     "prefix_tuning": 1e-2,
+    "features": 1e-3,  # classification: a fresh head on a frozen encoder
+    "last_k": 1e-4,
 }
 
 _USER_METRIC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -324,7 +327,11 @@ class PromptConfig(_Section):
 class MethodConfig(_Section):
     """How the weights are adapted."""
 
-    name: MethodName = Field(default="lora", description="full, lora, qlora, dora, prompt_tuning or prefix_tuning.")
+    name: MethodName = Field(
+        default="lora",
+        description="full, lora, qlora, dora, prompt_tuning or prefix_tuning; classification: features, last_k, lora "
+        "or full.",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
@@ -397,8 +404,10 @@ class TrainConfig(_Section):
         default_factory=lambda: ["tensorboard"],
         description="Experiment trackers; wandb and mlflow are imported only when listed here.",
     )
+    class_weights: ClassWeights = Field(default="none", description=CLASS_WEIGHTS_HELP)
     seed: int = 42
 
+    _class_weights = field_validator("class_weights")(lambda v: check_class_weights(v))
     _known_eval_metrics = field_validator("eval_metrics")(lambda metrics: _check_metric_names(metrics))
 
     @field_validator("time_budget")
@@ -548,6 +557,7 @@ class ProjectConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -561,6 +571,7 @@ class ProjectConfig(_Section):
     def _cross_section_rules(self) -> ProjectConfig:
         """Metrics it cannot compute, shares beside your own files: fail now, not after training or generation."""
         problems = config_rules.shares_beside_own_files(self.data) + config_rules.unmeasured_train_metric(self, METRICS)
+        problems += config_rules.classification_strategy(self)
         config_rules.raise_located(problems + config_rules.uncomputable_metrics(self), "ProjectConfig")
         return self
 

@@ -15,6 +15,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Problem = tuple[tuple[str, ...], str, Any]  # (key path, what is wrong and what to do, the value)
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
+CLASSIFIER_TRAIN_METRICS = ("loss", "accuracy", "f1")  # f1: macro over the classes
+CLASSIFIER_METHODS = ("features", "last_k", "lora", "full")
 OWN_FILES = ("val", "test")  # splits you can bring as a file instead of a share of the data
 # Where national-format phone numbers are looked for (ISO 3166 codes, as libphonenumber names them):
 # North America, most of Western Europe, Australia and New Zealand, India, Brazil, Mexico, Japan.
@@ -81,6 +83,8 @@ def unmeasured_train_metric(cfg: Any, known: tuple[str, ...]) -> list[Problem]:
     """train.metric must be measured at every evaluation: loss, token accuracy, an eval metric or forgetting."""
     train = cfg.train
     measured = ["loss", "token_accuracy", *train.eval_metrics] + (["general_perplexity"] * train.track_forgetting)
+    if cfg.task.type == "classification":
+        measured = list(CLASSIFIER_TRAIN_METRICS)  # a classifier's validation pass measures these
     if train.metric in measured:
         return []
     close = difflib.get_close_matches(train.metric, [*measured, *known, "general_perplexity"], n=1)
@@ -118,3 +122,25 @@ def _why_not(name: str, cfg: Any, during_training: bool) -> str | None:
     if name == "preference_accuracy" and task != "preference":
         return f"preference_accuracy needs preference pairs (task.type: preference), not a {task} task"
     return None
+
+
+def classification_strategy(cfg: Any) -> list[Problem]:
+    """A classification task trains with features, last_k, lora or full; those two strategies need one."""
+    problems: list[Problem] = []
+    method, task = cfg.method.name, cfg.task.type
+    if task == "classification" and method not in CLASSIFIER_METHODS:
+        why = f"a classification task trains with method.name {', '.join(CLASSIFIER_METHODS)}, not {method}"
+        problems.append((("method", "name"), why, method))
+    if task != "classification" and method in ("features", "last_k"):
+        why = f"method.name {method} trains a classification head: set task.type: classification, or use lora or full"
+        problems.append((("method", "name"), why, method))
+    weights = cfg.train.class_weights
+    if isinstance(weights, dict) and cfg.data.labels:
+        unknown = sorted(set(weights) - set(cfg.data.labels))
+        if unknown:
+            why = f"train.class_weights names {', '.join(unknown)}, not in data.labels ({', '.join(cfg.data.labels)})"
+            problems.append((("train", "class_weights"), why, unknown))
+    if task == "classification" and cfg.train.eval_metrics:
+        why = "a classifier measures loss, accuracy and macro f1 at every validation pass; drop train.eval_metrics"
+        problems.append((("train", "eval_metrics"), why, cfg.train.eval_metrics))
+    return problems

@@ -591,6 +591,44 @@ def load_encoder(name: str = DEFAULT_ENCODER, trust_remote_code: bool = False) -
     return model, tokenizer
 
 
+def load_sequence_classifier(
+    name: str, labels: list[str] | None = None, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """(sequence classifier, tokenizer) in float32 from safetensors: a base with a new head over `labels`,
+    or, without `labels`, a trained classifier folder with its own label map (config.json's id2label).
+
+    Decoders get their pad token in the config, so their head reads each row's last real token.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve(name, revision)
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    head: dict[str, Any] = {}
+    if labels is not None:
+        head = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a new head is expected to be missing from the checkpoint: no load report
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype="float32", trust_remote_code=trust_remote_code, use_safetensors=True, **head
+        )
+    except ValueError as e:  # an architecture without a sequence-classification class
+        raise UserError(f"model '{name}' cannot be loaded as a sequence classifier: {e}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
 def quantization_config(cfg: ProjectConfig, compute_dtype: Any) -> Any:
     """bitsandbytes 4-bit settings for qlora."""
     try:

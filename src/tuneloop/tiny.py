@@ -104,3 +104,31 @@ def make_tiny_llama(folder: Path, seed: int = 0, hidden_size: int = 64, layers: 
     tokenizer.save_pretrained(folder)
     (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# tiny random llama\n")
     return folder
+
+
+def make_tiny_bert(folder: Path, words: list[str], seed: int = 0, hidden_size: int = 32, layers: int = 2) -> Path:
+    """Write a random BERT encoder (a few thousand parameters) with a WordPiece vocabulary of `words` to `folder`."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w.lower() for w in words}), *"0123456789"]
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(dict.fromkeys(vocab))})
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,  # deterministic forward passes: tests compare losses to the digit
+        attention_probs_dropout_prob=0.0,
+        # At BERT's 0.02 a random encoder's output barely depends on its input; at 0.2 its features carry
+        # the words, as a pretrained encoder's do, so a frozen-encoder classifier has something to learn from.
+        initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# tiny random bert\n")
+    return folder

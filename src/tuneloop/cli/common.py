@@ -38,3 +38,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name other than localhost may resolve anywhere
+
+
+def refuse_classification(cfg: config.ProjectConfig, command: str) -> None:
+    """Commands built for generative models say so for a classification task, instead of failing inside."""
+    if cfg.task.type == "classification":
+        from tuneloop.errors import UserError
+
+        raise UserError(
+            f"`tuneloop {command}` works on generative tasks; it does not take task.type classification yet. "
+            "Train a classifier with `tuneloop data prepare` then `tuneloop train`"
+        )

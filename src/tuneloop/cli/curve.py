@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import ConfigOption, SetOption, load_config
+from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification
 
 
 def curve(
@@ -26,6 +26,8 @@ def curve(
     from tuneloop.curve import describe, parse_sizes
 
     cfg = load_config(config_path, overrides)
+
+    refuse_classification(cfg, "curve")
     result = run_curve(cfg, parse_sizes(sizes), out)
     if result.reused:
         console.note("every point and the evaluation were reused (inputs unchanged)")

@@ -45,7 +45,14 @@ def evaluate(
                 raise UserError(f"no run folder {name} (looked in . and {cfg.path(cfg.output.dir)})")
             path = candidate
         run_dirs.append(path.resolve())
-    result = run_eval(cfg, run_dirs, private=private, out_dir=out, limit=limit)
+    if cfg.task.type == "classification":
+        from tuneloop.evaluate.classify import evaluate as evaluate_classifier
+
+        if limit:
+            cfg = config.derive(cfg, [f"eval.max_examples={limit}"])
+        result = evaluate_classifier(cfg, run_dirs, private=private, out_dir=out)
+    else:
+        result = run_eval(cfg, run_dirs, private=private, out_dir=out, limit=limit)
     print_report(result.report, result.out_dir)
 
 
@@ -61,12 +68,17 @@ def print_report(r: dict, out_dir: Path) -> None:
                 f"  {metric:24} {c['baseline']:10.4g} → {c['candidate']:<10.4g} {c['delta']:+9.4g} "
                 f"[{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]  {c['verdict']}"
             )
-        for measure, f in ((r["forgetting"] or {}).get(name) or {}).items():
+        for measure, f in ((r.get("forgetting") or {}).get(name) or {}).items():
             verdict = "REGRESSED" if f["regressed"] else "ok"
             lines.append(
                 f"  {measure:24} {f['baseline']:10.4g} → {f['candidate']:<10.4g} {f['change']:+9.3g}  {verdict}"
             )
-    for name, counts in r["output_signals"].items():
+    for name, rows in (r.get("per_class") or {}).items():
+        worst = min(rows, key=lambda row: row["f1"]["value"])
+        lines.append(
+            f"per class {name}: lowest F1 {worst['label']} {worst['f1']['value']:.3f} ({worst['support']} examples)"
+        )
+    for name, counts in (r.get("output_signals") or {}).items():
         raised = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         lines.append(f"signals   {name}: {raised or 'none'}")
     lines.append(f"report    {out_dir / 'report.html'}")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import ConfigOption, SetOption, load_config
+from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification
 
 if TYPE_CHECKING:
     from tuneloop.export import ExportResult
@@ -38,6 +38,8 @@ def export(
     from tuneloop.export import export_run
 
     cfg = load_config(config_path, overrides)
+
+    refuse_classification(cfg, "export")
     run_dir = resolve_run(cfg, run)
     result = export_run(cfg, run_dir, _split(formats), _split(quant), out)
     print_result(result)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import ConfigOption, SetOption, load_config
+from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification
 
 
 def generate(
@@ -36,6 +36,7 @@ def generate(
 
     if run is not None:
         cfg = load_config(config_path, overrides)
+        refuse_classification(cfg, "generate")
         run_dir = runs.latest_run(cfg) if run == "latest" else Path(run)
         console.note(f"loading {cfg.model.name} + {run_dir / 'final'}")
         lm, tokenizer = runs.load_final(cfg, run_dir)
@@ -44,6 +45,7 @@ def generate(
         lm, tokenizer = load_causal_lm(model, dtype="auto")
     else:
         cfg = load_config(config_path, overrides)
+        refuse_classification(cfg, "generate")
         console.note(f"loading {cfg.model.name}")
         lm, tokenizer = project_model(cfg)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

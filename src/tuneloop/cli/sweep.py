@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import ConfigOption, SetOption, load_config
+from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification
 
 
 def sweep(
@@ -36,6 +36,8 @@ def sweep(
     from tuneloop.sweep import sweep as run_sweep
 
     cfg = load_config(config_path, overrides)
+
+    refuse_classification(cfg, "sweep")
     result = run_sweep(cfg, load_spec(spec_path), out)
     keys = list(result.trials[0]["params"]) if result.trials else []
     table = Table(title=f"{result.strategy} sweep, ranked on validation {result.metric}", title_justify="left")

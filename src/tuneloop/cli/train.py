@@ -27,6 +27,9 @@ def train(
     from tuneloop.train.sft import train as run_training
 
     cfg = load_config(config_path, overrides)
+    if cfg.task.type == "classification":
+        _train_classifier(cfg, resume or run is not None)
+        return
     target = None
     if resume or run is not None:
         target = run if run is not None else runs.latest_run(cfg)
@@ -54,3 +57,31 @@ def train(
 
 # 128 + the signal number, as a shell reports a process ended by it (and as `tuneloop run` exits).
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _train_classifier(cfg: config.ProjectConfig, resume: bool) -> None:
+    """task.type classification: the classifier recipe (train/classify.py), and its own summary lines."""
+    from tuneloop import console
+    from tuneloop.errors import UserError
+    from tuneloop.train.classify import train as train_classifier
+
+    if resume:
+        raise UserError(
+            "--resume: a classifier run keeps no checkpoints to resume from (its best weights stay in memory "
+            "until final/ is written); start it again with `tuneloop train`"
+        )
+    result = train_classifier(cfg)
+    s = result.summary
+    lines = [
+        f"run       {result.run_dir}",
+        f"status    {result.status} at step {result.steps}/{s['max_steps']} in {s['this_session']['seconds']:.0f}s",
+        f"method    {s['method']} ({s['strategy']}): {s['parameters']['trainable']:,} of "
+        f"{s['parameters']['total']:,} parameters trained",
+        f"labels    {len(s['labels'])}: {', '.join(s['labels'][:10])}{' ...' if len(s['labels']) > 10 else ''}",
+    ]
+    if s["class_weights"]:
+        lines.append("weights   " + ", ".join(f"{k} {v:.3g}" for k, v in s["class_weights"].items()))
+    if s["best"]["value"] is not None:
+        lines.append(f"best      {s['best']['metric']} {s['best']['value']:.4f} at step {s['best']['step']}")
+    lines.append(f"final     {result.final_dir}")
+    console.out.print("\n".join(lines), markup=False)

@@ -480,7 +480,7 @@ def prepare(
 
             tokenizer = project_tokenizer(cfg)
         try:
-            renderer = Renderer(tokenizer, lengths_only=True)
+            renderer = Renderer(tokenizer, lengths_only=True, need_eos=cfg.task.type != "classification")
         except RowError as e:  # the tokenizer cannot render any example (no EOS token)
             raise UserError(f"model {cfg.model.name}: {e}; no record can be prepared for it") from None
 
@@ -600,6 +600,8 @@ def _write_splits(pipe: _Pipeline, split_of: list[str], work: Path, out: Path, d
         stats[name]["tokens"] += kept.tokens
         stats[name]["trained_tokens"] += kept.trained
         pipe.lengths[name].append(kept.tokens)
+        if kept.label is not None:  # classification: each split's label counts (data/labels.py checks them)
+            stats[name].setdefault("labels", Counter())[kept.label] += 1
 
     if (work / "train.jsonl").exists():
         with (work / "train.jsonl").open(encoding="utf-8") as f:

@@ -34,12 +34,16 @@ from tuneloop.data.formats import Example, RowError
 TRAINED_BY = {
     "preference": "preference tuning (DPO, or a reward model), which tuneloop does not offer yet",
     "ranked": "reward-model or listwise preference tuning, which tuneloop does not offer yet",
-    "classification": "a classification head (or an encoder classifier), which tuneloop does not offer yet",
+    "classification": "a classifier (task.type: classification, with an encoder such as minilm-l6)",
 }
 NO_TEMPLATE = (
     "the model's tokenizer has no chat template, so a conversation cannot be rendered; set model.chat_template "
     f"to {choices()} (prompt/completion rows with a plain-text prompt train without one)"
 )
+
+# An encoder's tokenizer (BERT's) has no EOS: a classification project measures its texts without one
+# (`need_eos=False`), and only a row that must be rendered as a conversation meets this.
+NO_EOS = RowError("the tokenizer has no EOS token, so the model cannot learn to stop", systemic=True)
 
 Segments = list[tuple[str, float]]  # text pieces, each tokenized on its own, with the weight of its tokens
 
@@ -70,11 +74,11 @@ class Renderer:
     see. Otherwise those kinds are refused: supervised fine-tuning must never train on them.
     """
 
-    def __init__(self, tokenizer: Any, *, lengths_only: bool = False) -> None:
+    def __init__(self, tokenizer: Any, *, lengths_only: bool = False, need_eos: bool = True) -> None:
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token
-        if self.eos is None:
-            raise RowError("the tokenizer has no EOS token, so the model cannot learn to stop", systemic=True)
+        if self.eos is None and need_eos:
+            raise NO_EOS
         self.specials = special_tokens(tokenizer)
         self.template = getattr(tokenizer, "chat_template", None)
         self.lengths_only = lengths_only
@@ -96,6 +100,8 @@ class Renderer:
 
     def segments(self, example: Example) -> tuple[Segments, list[str]]:
         """(text pieces with the weight of their tokens, warnings) for one example."""
+        if self.eos is None:
+            raise NO_EOS
         if example.kind == "text":
             return [(example.text + self.eos, 1.0)], []
         conversation = self._conversation(example)
@@ -105,6 +111,8 @@ class Renderer:
 
     def _conversation(self, example: Example) -> list[dict[str, Any]] | None:
         """The messages to render through the template, checked; None for a plain prompt + completion."""
+        if self.eos is None:
+            raise NO_EOS
         if example.kind == "chat":
             messages = example.messages
         elif example.kind in ("preference", "ranked") and self.lengths_only:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.data.labels import label_warnings
+
 MAX_CLUSTERS = 50
 MIN_EXAMPLES = 1000  # fewer training examples than this get a warning
 MIN_VAL_SHARE = 0.10  # and so does a smaller validation share
@@ -62,6 +64,7 @@ def build(cfg: Any, pipe: Any, splits: dict[str, dict], rejects: Any, tokenized:
             split["tokens"] = split["trained_tokens"] = None
     clusters = sorted(pipe.clusters.items(), key=lambda kv: -len(kv[1]))
     warnings = _warnings(data, splits, counts, pipe, length_stats, MIN_EXAMPLES, MIN_VAL_SHARE)
+    warnings += label_warnings(splits, data.split.model_dump())
     return {
         "rows_in": rows_in,
         "rows_out": total_out,

@@ -101,7 +101,7 @@ class Progress(TrainerCallback):
             self.bar = None
 
 
-_SHOWN = ("loss", "eval_loss", "eval_token_accuracy", "learning_rate", "grad_norm")
+_SHOWN = ("loss", "eval_loss", "eval_token_accuracy", "eval_accuracy", "eval_f1", "learning_rate", "grad_norm")
 
 
 def _fmt(v: float) -> str:

@@ -1,0 +1,465 @@
+"""Classification fine-tuning: `tuneloop train` when `task.type: classification`.
+
+The recipe, top to bottom:
+1. read the prepared `{text, label}` splits and build the label map: `data.labels` in their order,
+   else every label the splits hold, sorted; it is saved in the run (`labels.json`) and in the
+   model's config (`id2label`, `label2id`), so an export loads with the same names;
+2. load the base as a sequence classifier (`AutoModelForSequenceClassification`: an encoder's
+   pooled output, or a decoder's last token, feeds a new linear head);
+3. apply the strategy (`method.name`): `features` trains the head only; `last_k` the top
+   `classify.last_k` blocks, what sits above them (pooler, final norm) and the head; `full` every
+   weight; `lora` PEFT adapters on the blocks' linear layers plus the head;
+4. weigh the classes (`train.class_weights`) or oversample the small ones (`classify.resample`);
+5. train with Transformers' Trainer, the loss PyTorch's weighted cross-entropy
+   (sum of w[y]·CE over the batch / sum of w[y]); validation measures loss, accuracy and macro-F1,
+   and the best validation pass's weights become `final/`;
+6. write `final/` (a complete classifier: a LoRA run is merged), labels.json, metrics, summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop import console
+from tuneloop.classifier import max_tokens
+from tuneloop.config import ProjectConfig
+from tuneloop.data.formats import Example
+from tuneloop.data.prepared import load_split
+from tuneloop.errors import UserError
+from tuneloop.train.callbacks import MetricsFile, Progress
+
+LABELS_FILE = "labels.json"
+
+
+@dataclass
+class ClassifyResult:
+    run_dir: Path
+    status: str  # completed | early_stopped
+    steps: int
+    final_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- 1. data and labels
+
+
+def check_rows(examples: list[Example], split: str) -> None:
+    """Every row of a classification task is `{text, label}`; anything else is refused, naming its kind."""
+    wrong = Counter(e.kind for e in examples if e.kind != "classification")
+    if wrong:
+        found = ", ".join(f"{n:,} {kind}" for kind, n in wrong.items())
+        raise UserError(
+            f"the {split} split holds {found} rows, but task.type is classification, which trains on "
+            '{"text", "label"} rows only; give classification rows (data.format: classification) and re-run '
+            "`tuneloop data prepare`"
+        )
+
+
+def label_list(cfg: ProjectConfig, splits: dict[str, list[Example]]) -> list[str]:
+    """The label ↔ id map as a list (id = position): data.labels in their order, else the labels found, sorted."""
+    if cfg.data.labels:
+        return list(cfg.data.labels)
+    return sorted({e.label for examples in splits.values() for e in examples if e.label is not None})
+
+
+def class_weights(setting: Any, labels: list[str], train_labels: list[str]) -> list[float] | None:
+    """Per class id, the weight of its examples in the loss; None when every class weighs the same.
+
+    'auto' is scikit-learn's 'balanced': n / (classes × count), over the classes train holds (a class
+    absent from train weighs 1: it has no example to weigh).
+    """
+    if setting == "none":
+        return None
+    if isinstance(setting, dict):
+        return [float(setting.get(label, 1.0)) for label in labels]
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = sorted(set(train_labels))
+    balanced = compute_class_weight("balanced", classes=np.array(present), y=np.array(train_labels))
+    by_label = dict(zip(present, balanced.tolist(), strict=True))
+    return [float(by_label.get(label, 1.0)) for label in labels]
+
+
+def oversample(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Repeat examples of the smaller classes (seeded draws) until each has as many as the largest."""
+    by_class: dict[int, list[dict[str, Any]]] = {}
+    for item in items:
+        by_class.setdefault(item["labels"], []).append(item)
+    largest = max(len(v) for v in by_class.values())
+    rng = random.Random(seed)
+    out = list(items)
+    for label in sorted(by_class):
+        members = by_class[label]
+        out += [rng.choice(members) for _ in range(largest - len(members))]
+    rng.shuffle(out)
+    return out
+
+
+def tokenize(examples: list[Example], tokenizer: Any, label_ids: dict[str, int], max_length: int) -> list[dict]:
+    """Token ids (cut at max_length, counted) and the class id of every example."""
+    encoded = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
+    items = []
+    for i, e in enumerate(examples):
+        item = {k: encoded[k][i] for k in encoded}
+        item["labels"] = label_ids[e.label]
+        items.append(item)
+    cut = sum(1 for item in items if len(item["input_ids"]) >= max_length)
+    if cut:
+        console.warn(f"{cut:,} of {len(items):,} texts reach {max_length} tokens and were cut there")
+    return items
+
+
+# --------------------------------------------------------------------------- 2-3. model and strategy
+
+
+def head_modules(model: Any) -> list[str]:
+    """Names of the modules above the backbone that hold weights: the classification head."""
+    backbone = getattr(model, "base_model_prefix", "")
+    return [
+        name for name, module in model.named_children() if name != backbone and any(True for _ in module.parameters())
+    ]
+
+
+def block_list(model: Any) -> tuple[str, int]:
+    """(qualified name, length) of the module list holding the transformer blocks."""
+    import torch
+
+    from tuneloop.train.methods import block_count
+
+    blocks = block_count(model)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == blocks:
+            return name, len(module)
+    raise UserError(
+        f"cannot find the transformer blocks of this {type(model).__name__} (no list of {blocks} layers); "
+        "use method.name full or features"
+    )
+
+
+def trainable_names(model: Any, strategy: str, k: int) -> set[str]:
+    """The parameters a strategy trains (before any adapter): head; + top k blocks and above; or all."""
+    names = [name for name, _ in model.named_parameters()]
+    if strategy == "full":
+        return set(names)
+    heads = tuple(f"{h}." for h in head_modules(model))
+    chosen = {n for n in names if n.startswith(heads)}
+    if strategy == "features":
+        return chosen
+    blocks, count = block_list(model)
+    if k > count:
+        raise UserError(f"classify.last_k is {k} but the model has {count} blocks; set it to at most {count}")
+    top = tuple(f"{blocks}.{i}." for i in range(count - k, count))
+    past_blocks = False
+    for n in names:
+        in_blocks = n.startswith(f"{blocks}.")
+        past_blocks = past_blocks or in_blocks
+        # Parameters registered after the blocks (BERT's pooler, a decoder's final norm) sit above them.
+        if n.startswith(top) or (past_blocks and not in_blocks):
+            chosen.add(n)
+    return chosen
+
+
+def load_classifier(cfg: ProjectConfig, labels: list[str]) -> tuple[Any, Any]:
+    """The configured base as a sequence classifier over `labels`, in float32, and its tokenizer."""
+    import torch
+
+    from tuneloop.models import load_sequence_classifier
+
+    torch.manual_seed(cfg.train.seed)  # the new head's initialisation is part of the run
+    return load_sequence_classifier(
+        cfg.model.name, labels, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    )
+
+
+def apply_strategy(model: Any, cfg: ProjectConfig) -> Any:
+    """Freeze what the strategy does not train; for lora, wrap in PEFT adapters (head trained in full)."""
+    strategy = cfg.method.name
+    if strategy == "lora":
+        import peft
+
+        from tuneloop.train.methods import LORA_TARGETS, linear_names
+
+        lora = cfg.method.lora
+        targets = cfg.method.lora.target_modules
+        if targets in ("auto", "all-linear"):
+            model_type = getattr(model.config, "model_type", "")
+            targets = LORA_TARGETS.get(model_type) if targets == "auto" else None
+            targets = targets or linear_names(model)
+        config = peft.LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(targets),
+            modules_to_save=head_modules(model),
+            task_type="SEQ_CLS",
+        )
+        return peft.get_peft_model(model, config)
+    keep = trainable_names(model, strategy, cfg.classify.last_k)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in keep)
+    return model
+
+
+# --------------------------------------------------------------------------- 5. loss, metrics, trainer
+
+
+def weighted_loss(logits: Any, labels: Any, weights: Any) -> Any:
+    """Cross-entropy, each example weighted by its class: sum(w[y] * CE) / sum(w[y]) (a plain mean without)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.float(), labels, weight=weights)
+
+
+def scores(predicted: Any, truth: Any) -> dict[str, float]:
+    """Accuracy and macro-F1 (scikit-learn) of predicted class ids against the true ones."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+    }
+
+
+def make_trainer_class() -> type:
+    """Trainer with the class-weighted loss. Built lazily (imports torch and Transformers)."""
+    from transformers import Trainer
+
+    class ClassifierTrainer(Trainer):
+        def __init__(self, *args: Any, class_weights: Any = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.class_weights = class_weights
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weights = None if self.class_weights is None else self.class_weights.to(outputs.logits.device)
+            loss = weighted_loss(outputs.logits, labels, weights)
+            return (loss, outputs) if return_outputs else loss
+
+    return ClassifierTrainer
+
+
+def _compute_metrics(prediction: Any) -> dict[str, float]:
+    return scores(prediction.predictions.argmax(-1), prediction.label_ids)
+
+
+class KeepBest:
+    """Trainer callback: copy the trainable weights at each best validation pass; stop after `patience` without one.
+
+    The weights stay in memory (a classifier is small), so no checkpoint has to be written to keep them.
+    """
+
+    def __init__(self, metric: str, higher: bool, patience: int | None) -> None:
+        from transformers import TrainerCallback
+
+        self.key, self.higher, self.patience = f"eval_{metric}", higher, patience
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.weights: dict[str, Any] | None = None
+        self.since = 0
+        self.model: Any = None
+        owner = self
+
+        class _Callback(TrainerCallback):
+            def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+                owner.seen(state, control, metrics or {})
+
+        self.callback = _Callback()
+
+    def seen(self, state: Any, control: Any, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.key)
+        if value is None or state.global_step == 0:
+            return  # step 0 is the untrained head: a reference point, not a candidate
+        if self.best is None or (value > self.best if self.higher else value < self.best):
+            self.best, self.best_step, self.since = value, state.global_step, 0
+            self.weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+            return
+        self.since += 1
+        if self.patience is not None and self.since >= self.patience:
+            console.note(f"early stopping at step {state.global_step}: {self.key} has not improved for {self.since}")
+            control.should_training_stop = True
+
+    def restore(self) -> None:
+        import torch
+
+        if self.weights is None:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.weights.items():
+                params[name].copy_(value)
+
+
+def training_arguments(cfg: ProjectConfig, run_dir: Path, has_val: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    on_gpu = torch.cuda.is_available()
+    precision = t.precision
+    if precision == "auto":  # a CPU classifier of this size trains in fp32; a GPU in bf16 where it can
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else ("fp16" if on_gpu else "fp32")
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=max(t.batch_size, 32),
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not on_gpu,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.log_every,
+        logging_first_step=True,
+        eval_strategy="steps" if has_val else "no",
+        eval_on_start=has_val,  # the untrained head's validation figures are the zero point
+        eval_steps=t.eval_every,
+        save_strategy="no",  # the best weights are kept in memory (KeepBest) and written once, as final/
+        report_to=[r for r in t.report_to if r != "tensorboard"],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
+    """Train a classifier for `cfg` (task.type classification) on the prepared splits; write a run folder."""
+    import torch
+    from transformers import DataCollatorWithPadding, PrinterCallback
+    from transformers.utils import logging as hf_logging
+
+    from tuneloop import registry, runs
+    from tuneloop.train.methods import count_parameters
+
+    hf_logging.set_verbosity_error()
+    train_examples, manifest = load_split(cfg, "train")
+    val_examples, _ = load_split(cfg, "val")
+    test_examples, _ = load_split(cfg, "test")
+    if not train_examples:
+        raise UserError(f"the train split in {cfg.path(cfg.data.prepared_dir)} is empty; nothing to train on")
+    for name, examples in (("train", train_examples), ("val", val_examples)):
+        check_rows(examples, name)
+    labels = label_list(cfg, {"train": train_examples, "val": val_examples, "test": test_examples})
+    if len({e.label for e in train_examples}) < 2:
+        raise UserError("the train split holds one label only; a classifier needs examples of at least two")
+    label_ids = {label: i for i, label in enumerate(labels)}
+
+    model, tokenizer = load_classifier(cfg, labels)
+    limit = max_tokens(model, cfg.data.max_length)
+    train_items = tokenize(train_examples, tokenizer, label_ids, limit)
+    val_items = tokenize(val_examples, tokenizer, label_ids, limit) if val_examples else []
+    if cfg.classify.resample == "oversample":
+        before = len(train_items)
+        train_items = oversample(train_items, cfg.train.seed)
+        console.note(f"oversampled the smaller classes: {before:,} → {len(train_items):,} train examples")
+    train_counts = Counter(e.label for e in train_examples)
+    weights = class_weights(cfg.train.class_weights, labels, [e.label for e in train_examples])
+    model = apply_strategy(model, cfg)
+    params = count_parameters(model)
+    console.note(f"method {cfg.method.name}: {params.describe()}")
+    if not val_items:
+        console.warn("no validation split: no best checkpoint or early stopping; final/ is the last step")
+
+    run_dir = run_dir if run_dir is not None else runs.new_run_dir(cfg)
+    cfg.save_resolved(run_dir)
+    (run_dir / "data-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (run_dir / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+    registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir), None)
+    runs.record_environment(run_dir, cfg.root)
+    runs.write_base_model(cfg, run_dir)
+    registry.record(cfg, run_dir)
+
+    higher = cfg.train.metric != "loss"
+    best = KeepBest(cfg.train.metric, higher, cfg.train.early_stopping_patience)
+    best.model = model
+    trainer = make_trainer_class()(
+        model=model,
+        args=training_arguments(cfg, run_dir, bool(val_items)),
+        train_dataset=train_items,
+        eval_dataset=val_items or None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_compute_metrics,
+        callbacks=[MetricsFile(run_dir / runs.METRICS), Progress(), best.callback],
+        class_weights=torch.tensor(weights) if weights is not None else None,
+    )
+    trainer.remove_callback(PrinterCallback)
+    started = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - started
+    state = trainer.state
+    if best.weights is not None and best.best_step != state.global_step:
+        console.note(f"final weights come from the best validation pass (step {best.best_step}, {best.best:.4f})")
+    best.restore()
+    final_dir = save_final(model, tokenizer, run_dir, labels)
+    status = "early_stopped" if state.global_step < state.max_steps else "completed"
+    summary = {
+        "status": status,
+        "task": "classification",
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "method": cfg.method.name,
+        "strategy": _describe_strategy(cfg),
+        "parameters": {"trainable": params.trainable, "total": params.total},
+        "labels": labels,
+        "examples": {"train": len(train_items), "val": len(val_items)},
+        "train_label_counts": {label: train_counts.get(label, 0) for label in labels},
+        "class_weights": dict(zip(labels, weights, strict=True)) if weights is not None else None,
+        "resample": cfg.classify.resample,
+        "max_tokens": limit,
+        "best": {"metric": f"eval_{cfg.train.metric}", "value": best.best, "step": best.best_step},
+        "this_session": {"seconds": round(elapsed, 2)},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "final": str(final_dir.relative_to(run_dir)),
+    }
+    runs.write_summary(run_dir, summary)
+    runs.plot_losses(run_dir)
+    registry.record(cfg, run_dir)
+    return ClassifyResult(run_dir, status, state.global_step, final_dir, summary)
+
+
+def _describe_strategy(cfg: ProjectConfig) -> str:
+    return {
+        "features": "frozen encoder, linear head",
+        "last_k": f"top {cfg.classify.last_k} blocks and the head",
+        "lora": f"LoRA r={cfg.method.lora.r} on the blocks, full head",
+        "full": "every weight",
+    }[cfg.method.name]
+
+
+def save_final(model: Any, tokenizer: Any, run_dir: Path, labels: list[str]) -> Path:
+    """final/: a complete classifier (LoRA merged in), its tokenizer and labels.json, renamed into place."""
+    import shutil
+
+    from tuneloop.train import checkpoint
+
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    out, tmp = run_dir / "final", run_dir / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+    checkpoint.fsync_tree(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
