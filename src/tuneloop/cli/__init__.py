@@ -25,6 +25,7 @@ from tuneloop.cli import review as review_cmd
 from tuneloop.cli import run as run_cmd
 from tuneloop.cli import runs as runs_cmd
 from tuneloop.cli import serve as serve_cmd
+from tuneloop.cli import strategies as strategies_cmd
 from tuneloop.cli import sweep as sweep_cmd
 from tuneloop.cli import train as train_cmd
 from tuneloop.errors import UserError
@@ -75,6 +76,7 @@ app.add_typer(review_cmd.app, name="review")
 app.command("run")(run_cmd.run)
 app.command("curve")(curve_cmd.curve)
 app.command("sweep")(sweep_cmd.sweep)
+app.command("compare-strategies")(strategies_cmd.compare_strategies)
 
 
 def main() -> None:
