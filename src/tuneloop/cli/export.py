@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification
+from tuneloop.cli.common import ConfigOption, SetOption, load_config
 
 if TYPE_CHECKING:
     from tuneloop.export import ExportResult
@@ -38,9 +38,10 @@ def export(
     from tuneloop.export import export_run
 
     cfg = load_config(config_path, overrides)
-
-    refuse_classification(cfg, "export")
     run_dir = resolve_run(cfg, run)
+    if cfg.task.type == "classification":
+        _export_classifier(cfg, run_dir, formats, quant, out)
+        return
     result = export_run(cfg, run_dir, _split(formats), _split(quant), out)
     print_result(result)
 
@@ -89,3 +90,15 @@ def print_result(result: ExportResult) -> None:
     for note in [result.note, *result.notes]:
         console.out.print(f"note      {note}", markup=False)
     console.out.print(f"export    {result.out}  ({', '.join(result.files)})", markup=False)
+
+
+def _export_classifier(cfg: config.ProjectConfig, run_dir: Path, formats: str | None, quant: str | None, out) -> None:
+    """A classifier run: the folder `pipeline("text-classification")` loads, verified through that pipeline."""
+    from tuneloop import console
+    from tuneloop.errors import UserError
+    from tuneloop.export.classify import describe, export_classifier
+
+    if (_split(formats) or ["safetensors"]) != ["safetensors"] or quant:
+        raise UserError("a classifier exports as a safetensors folder only (GGUF holds language models): drop --format")
+    result = export_classifier(cfg, run_dir, out)
+    console.out.print("\n".join(describe(result)), markup=False)

@@ -80,6 +80,16 @@ def serve(
     def resolve_run(ref: str) -> Path:
         return _run_folder(ref, config_path, overrides)
 
+    classifier = _classifier_folder(run, model, resolve_run)
+    if classifier is not None:
+        if adapter or admin_key or log or log_file is not None or backend != "transformers":
+            raise UserError(
+                "a classifier is served on its own, by this process: drop --adapter, --admin-key, --log, "
+                "--log-file and --backend"
+            )
+        limits = _limits(api_key, None, max_body_kb, max_input_tokens, max_tokens, max_n, max_concurrent, timeout)
+        _serve_classifier(classifier[0], name or classifier[1], limits, host, port)
+        return
     named = dict(_adapter_arg(item) for item in adapter or [])
     plan = served_models.plan(
         model,
@@ -101,22 +111,14 @@ def serve(
         console.note(f"handing {plan.base_name} and {len(plan.adapters)} adapters to vLLM")
         vllm.run(vllm.plan_for(plan), host, port, max_batch, api_key)
         return
+    import dataclasses
+
     import uvicorn
 
-    from tuneloop.serve.app import Limits, create_app
+    from tuneloop.serve.app import create_app
 
-    limits = Limits(
-        api_key=api_key,
-        admin_key=admin_key,
-        max_body_bytes=max_body_kb * 1024,
-        max_input_tokens=max_input_tokens,
-        max_tokens=max_tokens,
-        max_n=max_n,
-        max_concurrent=max_concurrent,
-        timeout=timeout,
-        max_batch=max_batch,
-        batch_window=batch_window_ms / 1000,
-    )
+    limits = _limits(api_key, admin_key, max_body_kb, max_input_tokens, max_tokens, max_n, max_concurrent, timeout)
+    limits = dataclasses.replace(limits, max_batch=max_batch, batch_window=batch_window_ms / 1000)
     console.note(f"loading {plan.base}" + "".join(f" + {n}" for n in plan.adapters))
     models = served_models.load(plan)
     request_log = _traffic_log(log_file, config_path, overrides) if log or log_file is not None else None
@@ -180,3 +182,52 @@ def _run_folder(ref: str, config_path: Path, overrides: list[str] | None) -> Pat
         )
     cfg = load_config(config_path, overrides)
     return Path(registry.get_run(cfg, ref)["path"])
+
+
+def _limits(api_key, admin_key, max_body_kb, max_input_tokens, max_tokens, max_n, max_concurrent, timeout):
+    from tuneloop.serve.completions import Limits
+
+    return Limits(
+        api_key=api_key,
+        admin_key=admin_key,
+        max_body_bytes=max_body_kb * 1024,
+        max_input_tokens=max_input_tokens,
+        max_tokens=max_tokens,
+        max_n=max_n,
+        max_concurrent=max_concurrent,
+        timeout=timeout,
+    )
+
+
+def _classifier_folder(run: str | None, model: str | None, resolve_run) -> tuple[Path, str] | None:
+    """(folder, default name) when --run is a classification run or --model a sequence-classifier folder."""
+    import json
+
+    if run is not None:
+        run_dir = resolve_run(run)
+        return (run_dir / "final", run_dir.name) if (run_dir / "labels.json").is_file() else None
+    folder = Path(os.path.expanduser(model)) if model else None
+    if folder is not None and (folder / "config.json").is_file():
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            return folder.resolve(), folder.resolve().name
+    return None
+
+
+def _serve_classifier(folder: Path, name: str, limits, host: str, port: int) -> None:
+    """POST /v1/classify for one classifier: label probabilities per text."""
+    import uvicorn
+
+    from tuneloop import console
+    from tuneloop.models import load_sequence_classifier, refuse_pickled_weights
+    from tuneloop.serve.classify import ClassifierServed, create_classifier_app
+
+    refuse_pickled_weights(folder, "the classifier")
+    console.note(f"loading the classifier {folder}")
+    model, tokenizer = load_sequence_classifier(str(folder))
+    served = ClassifierServed(name, model, tokenizer, str(folder), limits)
+    console.note(
+        f"serving {name} ({len(served.labels)} labels) on http://{host}:{port}/v1/classify "
+        f"({'API key required' if limits.api_key else 'no API key'})"
+    )
+    uvicorn.run(create_classifier_app(served), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -44,7 +44,8 @@ from tuneloop.serve.schemas import (
 
 log = logging.getLogger("tuneloop.serve")
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
-KNOWN_ROUTES = ("/health", "/v1/models", *GENERATION_ROUTES, "/v1/feedback", "/metrics", "/admin/adapters")
+LIMITED_ROUTES = (*GENERATION_ROUTES, "/v1/classify")  # each holds a concurrency slot (a classifier's too)
+KNOWN_ROUTES = ("/health", "/v1/models", *LIMITED_ROUTES, "/v1/feedback", "/metrics", "/admin/adapters")
 
 
 def create_app(
@@ -119,7 +120,7 @@ class Guard:
             await send(message)
 
         error, slot = self._check(scope, path), False
-        if error is None and route in GENERATION_ROUTES:
+        if error is None and route in LIMITED_ROUTES:
             if self.served.in_flight >= self.served.limits.max_concurrent:
                 n = self.served.limits.max_concurrent
                 error = ApiError(
