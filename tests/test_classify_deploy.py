@@ -127,3 +127,19 @@ def test_serve_recognises_a_classifier_run_and_an_exported_classifier(trained, t
     export_classify.export_classifier(cfg, run.run_dir, tmp_path / "exported")
     assert _classifier_folder(None, str(tmp_path / "exported"), None) == ((tmp_path / "exported").resolve(), "exported")
     assert _classifier_folder(None, "smollm2-135m-instruct", None) is None
+
+
+def test_tuneloop_run_prepares_trains_evaluates_and_exports_a_classifier_then_reuses_them(tmp_path, cli):
+    model = make_tiny_bert(tmp_path / "bert", ALL_WORDS)
+    cfg_path = make_classify_project(tmp_path / "p", model, method="features", max_steps=6)
+    args = ("run", "--config", cfg_path, "--set", "export.enabled=true", "--set", "eval.bootstrap=100")
+    first = cli(*args)
+    assert first.code == 0, first.err
+    assert "vs base" in first.out and "lowest F1" in first.out
+    (run_dir,) = [p for p in (tmp_path / "p" / "runs").iterdir() if (p / "labels.json").is_file()]
+    assert (run_dir / "eval" / "metrics.json").is_file() and (run_dir / "export" / "model.safetensors").is_file()
+    second = cli(*args)
+    assert second.code == 0, second.err
+    rows = [line.replace("│", " ").split() for line in second.out.splitlines()]
+    actions = {row[0]: row[1] for row in rows if len(row) > 1 and row[0] in ("prepare", "train", "eval", "export")}
+    assert actions == {"prepare": "reused", "train": "reused", "eval": "reused", "export": "reused"}, second.out

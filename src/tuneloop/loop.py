@@ -129,6 +129,8 @@ def train_key(cfg: ProjectConfig, manifest: dict[str, Any]) -> str:
             "weights": models.fingerprint(models.resolve(cfg.model.name, cfg.model.revision)),
             "method": cfg.method.model_dump(mode="json"),
             "train": train,
+            # A classifier's strategy settings; other tasks' keys stay as they were.
+            **({"classify": cfg.classify.model_dump(mode="json")} if cfg.task.type == "classification" else {}),
         }
     )
 
@@ -166,6 +168,10 @@ def train_stage(
 
     # The evaluation stage lends training its metrics on generated answers and their directions.
     train = partial(sft.train, evaluator=training_evaluator, higher_is_better=higher_is_better)
+    if cfg.task.type == "classification":
+        from tuneloop.train import classify
+
+        train = classify.train  # keeps no checkpoints: an interrupted classifier starts again
     key = train_key(cfg, manifest)
     run_dir = find_run(cfg, key)
     if run_dir is not None and _finished(run_dir):
@@ -225,6 +231,8 @@ def eval_stage(
     from tuneloop.data.prepare import sha256_file
     from tuneloop.evaluate.runner import evaluate
 
+    if cfg.task.type == "classification":
+        from tuneloop.evaluate.classify import evaluate
     out = run_dir / "eval"
     key = eval_key(cfg, trained_key, manifest)
     if not manifest.get("splits", {}).get("test", {}).get("rows"):
@@ -284,7 +292,12 @@ def export_stage(cfg: ProjectConfig, run_dir: Path, trained_key: str, evaluated_
     ):
         return Stage("export", "reused", 0.0, str(out), key, _export_detail(read_json(verification)))
     started = time.perf_counter()
-    export_run(cfg, run_dir, out=out)  # replaces the folder (and any old stamp) only once verified
+    if cfg.task.type == "classification":
+        from tuneloop.export.classify import export_classifier
+
+        export_classifier(cfg, run_dir, out)  # verified through pipeline("text-classification")
+    else:
+        export_run(cfg, run_dir, out=out)  # replaces the folder (and any old stamp) only once verified
     _write_json(out / EVAL_STAMP, {"key": key, "verification_sha256": sha256_file(verification)})
     seconds = time.perf_counter() - started
     return Stage("export", "ran", seconds, str(out), key, _export_detail(read_json(verification)))
@@ -292,6 +305,9 @@ def export_stage(cfg: ProjectConfig, run_dir: Path, trained_key: str, evaluated_
 
 def _export_detail(record: dict[str, Any] | None) -> str:
     checks = (record or {}).get("checks", [])
+    if (record or {}).get("pipeline"):  # a classifier's export
+        c = record["pipeline"]
+        return f"pipeline max |Δprobability| {c['max_abs_diff']:.2g}, top label {c['top1_agreement']:.0%}"
     return "; ".join(
         f"{c['format']} max |Δlogit| {c['max_abs_diff']:.2g}, top-1 {c['top1_agreement']:.1%}" for c in checks
     )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import SetOption, load_config, refuse_classification
+from tuneloop.cli.common import SetOption, load_config
 
 if TYPE_CHECKING:
     from tuneloop.loop import LoopResult
@@ -38,8 +38,6 @@ def run(
     from tuneloop.loop import run as run_loop
 
     cfg = load_config(config_option or config_path, overrides)
-
-    refuse_classification(cfg, "run")
     result = run_loop(cfg, evaluate=not no_eval)
     print_stages(result)
     if result.status == "interrupted":
