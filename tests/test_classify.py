@@ -128,6 +128,8 @@ def test_class_weights_change_the_loss_as_specified():
     assert classify.class_weights("auto", ["a", "b", "c", "d"], train) == pytest.approx([0.5, 1.5, 3.0, 1.0])
     assert classify.class_weights({"b": 4.0}, ["a", "b", "c"], train) == [1.0, 4.0, 1.0]
     assert classify.class_weights("none", ["a", "b"], train) is None
+    with pytest.raises(UserError, match="names z, which the data does not hold"):
+        classify.class_weights({"z": 2.0}, ["a", "b", "c"], train)
 
 
 def test_the_trainer_uses_the_class_weights_in_its_loss(tmp_path, tiny_bert):

@@ -79,6 +79,12 @@ def class_weights(setting: Any, labels: list[str], train_labels: list[str]) -> l
     if setting == "none":
         return None
     if isinstance(setting, dict):
+        unknown = sorted(set(setting) - set(labels))
+        if unknown:
+            raise UserError(
+                f"train.class_weights names {', '.join(unknown)}, which the data does not hold; its labels are "
+                f"{', '.join(labels)}"
+            )
         return [float(setting.get(label, 1.0)) for label in labels]
     import numpy as np
     from sklearn.utils.class_weight import compute_class_weight
