@@ -49,18 +49,23 @@ test_accuracy.__test__ = False  # a helper, not a test
 @pytest.mark.parametrize(
     "method,settings",
     [
-        ("features", {"learning_rate": 0.05, "max_steps": 60}),
+        ("features", {}),  # the head fitted by logistic regression
+        ("features-linear", {"learning_rate": 0.05, "max_steps": 60}),  # classify.head: linear, by gradient
         ("last_k", {"learning_rate": 0.01}),
         ("lora", {"learning_rate": 0.02}),
         ("full", {"learning_rate": 0.005}),
     ],
 )
 def test_every_strategy_beats_the_majority_class_on_a_separable_fixture(tmp_path, tiny_bert, method, settings):
-    cfg_path = make_classify_project(tmp_path, tiny_bert, method=method, **settings)
-    result = classify.train(config.load(cfg_path))
+    name, _, head = method.partition("-")
+    cfg_path = make_classify_project(tmp_path, tiny_bert, method=name, **settings)
+    cfg = config.load(cfg_path, [f"classify.head={head}"] if head else [])
+    result = classify.train(cfg)
     accuracy, majority = test_accuracy(cfg_path, result.final_dir)
     assert accuracy > majority + 0.15, (method, accuracy, majority)
-    assert result.summary["method"] == method
+    assert result.summary["method"] == name
+    if name == "features":
+        assert ("logistic" in result.summary["strategy"]) == (head != "linear")
 
 
 def test_a_decoder_classifies_through_a_sequence_classification_head(tmp_path, tiny_llama):

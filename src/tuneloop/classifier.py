@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 BATCH = 32
+PROBE_ITERATIONS = 1000  # L-BFGS iterations for a linear probe; MiniLM's features converge in well under that
 
 
 def label_names(model: Any) -> list[str]:
@@ -64,7 +65,7 @@ def head_inputs(
     real token's hidden state): the frozen features a linear probe is fitted on."""
     import torch
 
-    head = _first_head(model)
+    head = head_modules(model)[0][1]
     captured: list[Any] = []
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
     chunks: dict[int, np.ndarray] = {}
@@ -85,10 +86,42 @@ def head_inputs(
     return np.stack([chunks[i] for i in range(len(texts))]) if texts else np.zeros((0, 0))
 
 
-def _first_head(model: Any) -> Any:
-    """The first module above the backbone that holds weights (BERT's classifier, DistilBERT's pre_classifier)."""
+def head_modules(model: Any) -> list[tuple[str, Any]]:
+    """(name, module) of each module above the backbone that holds weights: the classification head
+    (BERT's `classifier`, a decoder's `score`, DistilBERT's `pre_classifier` and `classifier`)."""
     backbone = getattr(model, "base_model_prefix", "")
-    for name, module in model.named_children():
-        if name != backbone and any(True for _ in module.parameters()):
-            return module
-    raise ValueError(f"{type(model).__name__} has no classification head above its backbone")
+    heads = [
+        (name, module)
+        for name, module in model.named_children()
+        if name != backbone and any(True for _ in module.parameters())
+    ]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no classification head above its backbone")
+    return heads
+
+
+def fit_probe(
+    features: np.ndarray, targets: np.ndarray, num_labels: int, class_weight: list[float] | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Multinomial logistic regression (scikit-learn, L2, C=1, L-BFGS) as a linear layer's (weight, bias),
+    and its iteration count.
+
+    A label with no example gets a zero weight row and a bias far below the others: probability ~0.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    weights = None if class_weight is None else dict(enumerate(class_weight))
+    probe = LogisticRegression(max_iter=PROBE_ITERATIONS, class_weight=weights, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported by the caller from n_iter_
+        probe.fit(features, targets)
+    coef, intercept = probe.coef_, probe.intercept_
+    if coef.shape[0] == 1:  # two classes: scikit-learn keeps one row, the logit of the second class
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight = np.zeros((num_labels, features.shape[1]))
+    bias = np.full(num_labels, float(intercept.min()) - 30.0)
+    weight[probe.classes_], bias[probe.classes_] = coef, intercept
+    return weight, bias, int(np.max(probe.n_iter_))

@@ -42,6 +42,12 @@ class ClassifyConfig(Section):
         description="method.name last_k: train the top k transformer blocks (and what sits above them: the "
         "pooler or final norm, and the head); every block below stays frozen.",
     )
+    head: Literal["logistic", "linear"] = Field(
+        default="logistic",
+        description="method.name features: 'logistic' fits a one-layer head (BERT's, a decoder's) by logistic "
+        "regression on the frozen features, to convergence (scikit-learn, L2, C=1); 'linear' trains it by "
+        "gradient descent with the train settings, as it must for a two-layer head (DistilBERT's, RoBERTa's).",
+    )
     resample: Literal["none", "oversample"] = Field(
         default="none",
         description="'oversample' repeats train examples of the smaller classes (seeded) until every class has "

@@ -120,9 +120,9 @@ def per_class(
 
 
 def linear_probe(cfg: ProjectConfig, labels: list[str], test_texts: list[str]) -> np.ndarray:
-    """The base: logistic regression on the frozen base model's features of the train split."""
-    from sklearn.linear_model import LogisticRegression
-
+    """The base: logistic regression on the frozen base model's features of the train split (the same fit
+    as the `features` strategy's logistic head, without class weights)."""
+    from tuneloop.classifier import fit_probe
     from tuneloop.models import load_sequence_classifier
 
     train, _ = load_split(cfg, "train")
@@ -134,11 +134,11 @@ def linear_probe(cfg: ProjectConfig, labels: list[str], test_texts: list[str]) -
     console.note(f"base: fitting a linear probe on {len(train):,} train texts' features from {cfg.model.name}")
     features = head_inputs(model, tokenizer, [e.text for e in train], cfg.data.max_length)
     test_features = head_inputs(model, tokenizer, test_texts, cfg.data.max_length)
-    probe = LogisticRegression(max_iter=2000, random_state=cfg.eval.seed)
-    probe.fit(features, [known[e.label] for e in train])
-    probs = np.zeros((len(test_texts), len(labels)))
-    probs[:, probe.classes_] = probe.predict_proba(test_features)  # a label train lacks gets probability 0
-    return probs
+    targets = np.array([known[e.label] for e in train])
+    weight, bias, _ = fit_probe(features, targets, len(labels), None, cfg.eval.seed)
+    logits = test_features @ weight.T + bias
+    logits -= logits.max(1, keepdims=True)
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
 
 
 def run_labels(run_dir: Path) -> list[str]:

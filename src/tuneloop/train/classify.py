@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import console
-from tuneloop.classifier import max_tokens
+from tuneloop.classifier import fit_probe, head_inputs, head_modules, max_tokens, probabilities
 from tuneloop.config import ProjectConfig
 from tuneloop.data.formats import Example
 from tuneloop.data.prepared import load_split
@@ -117,6 +117,7 @@ def tokenize(examples: list[Example], tokenizer: Any, label_ids: dict[str, int],
     for i, e in enumerate(examples):
         item = {k: encoded[k][i] for k in encoded}
         item["labels"] = label_ids[e.label]
+        item["text"] = e.text  # for a logistic head's features; the Trainer gets the items without it
         items.append(item)
     cut = sum(1 for item in items if len(item["input_ids"]) >= max_length)
     if cut:
@@ -127,12 +128,9 @@ def tokenize(examples: list[Example], tokenizer: Any, label_ids: dict[str, int],
 # --------------------------------------------------------------------------- 2-3. model and strategy
 
 
-def head_modules(model: Any) -> list[str]:
+def head_names(model: Any) -> list[str]:
     """Names of the modules above the backbone that hold weights: the classification head."""
-    backbone = getattr(model, "base_model_prefix", "")
-    return [
-        name for name, module in model.named_children() if name != backbone and any(True for _ in module.parameters())
-    ]
+    return [name for name, _ in head_modules(model)]
 
 
 def block_list(model: Any) -> tuple[str, int]:
@@ -156,7 +154,7 @@ def trainable_names(model: Any, strategy: str, k: int) -> set[str]:
     names = [name for name, _ in model.named_parameters()]
     if strategy == "full":
         return set(names)
-    heads = tuple(f"{h}." for h in head_modules(model))
+    heads = tuple(f"{h}." for h in head_names(model))
     chosen = {n for n in names if n.startswith(heads)}
     if strategy == "features":
         return chosen
@@ -205,7 +203,7 @@ def apply_strategy(model: Any, cfg: ProjectConfig) -> Any:
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=list(targets),
-            modules_to_save=head_modules(model),
+            modules_to_save=head_names(model),
             task_type="SEQ_CLS",
         )
         return peft.get_peft_model(model, config)
@@ -213,6 +211,45 @@ def apply_strategy(model: Any, cfg: ProjectConfig) -> Any:
     for name, param in model.named_parameters():
         param.requires_grad_(name in keep)
     return model
+
+
+def logistic_head(model: Any, cfg: ProjectConfig) -> Any | None:
+    """The linear layer a `features` run fits by logistic regression: the head, when it is one linear layer
+    (BERT's classifier, a decoder's score) and classify.head is logistic; None means train the head by
+    gradient descent (DistilBERT's and RoBERTa's two-layer heads, or classify.head: linear)."""
+    import torch
+
+    heads = head_modules(model)
+    if cfg.method.name != "features" or cfg.classify.head != "logistic" or len(heads) != 1:
+        return None
+    return heads[0][1] if isinstance(heads[0][1], torch.nn.Linear) else None
+
+
+def fit_logistic_head(
+    head: Any, model: Any, tokenizer: Any, items: list[dict], texts: list[str], weights: list[float] | None, cfg
+) -> int:
+    """Fit the head on the frozen model's features of the train texts; return the L-BFGS iterations."""
+    import numpy as np
+    import torch
+
+    features = head_inputs(model, tokenizer, texts, max_tokens(model, cfg.data.max_length))
+    targets = np.array([item["labels"] for item in items])
+    weight, bias, iterations = fit_probe(features, targets, head.out_features, weights, cfg.train.seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    return iterations
+
+
+def validation_row(model: Any, tokenizer: Any, texts: list[str], targets: list[int], step: int) -> dict[str, Any]:
+    """A metrics.jsonl row like the Trainer's: validation loss, accuracy and macro-F1 of the model as it is."""
+    import numpy as np
+
+    probs = probabilities(model, tokenizer, texts)
+    picked = probs[np.arange(len(targets)), targets]
+    row = {"step": step, "epoch": 1.0, "time": round(time.time(), 3)}
+    row["eval_loss"] = float(-np.log(np.clip(picked, 1e-12, None)).mean())
+    return row | {f"eval_{k}": v for k, v in scores(probs.argmax(1), np.array(targets)).items()}
 
 
 # --------------------------------------------------------------------------- 5. loss, metrics, trainer
@@ -349,8 +386,6 @@ def training_arguments(cfg: ProjectConfig, run_dir: Path, has_val: bool) -> Any:
 
 def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
     """Train a classifier for `cfg` (task.type classification) on the prepared splits; write a run folder."""
-    import torch
-    from transformers import DataCollatorWithPadding, PrinterCallback
     from transformers.utils import logging as hf_logging
 
     from tuneloop import registry, runs
@@ -394,37 +429,22 @@ def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
     runs.write_base_model(cfg, run_dir)
     registry.record(cfg, run_dir)
 
-    higher = cfg.train.metric != "loss"
-    best = KeepBest(cfg.train.metric, higher, cfg.train.early_stopping_patience)
-    best.model = model
-    trainer = make_trainer_class()(
-        model=model,
-        args=training_arguments(cfg, run_dir, bool(val_items)),
-        train_dataset=train_items,
-        eval_dataset=val_items or None,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=_compute_metrics,
-        callbacks=[MetricsFile(run_dir / runs.METRICS), Progress(), best.callback],
-        class_weights=torch.tensor(weights) if weights is not None else None,
-    )
-    trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
-    trainer.train()
+    head = logistic_head(model, cfg)
+    if head is not None:
+        outcome = _fit_features(head, model, tokenizer, train_items, val_items, weights, cfg, run_dir)
+    else:
+        outcome = _descend(model, tokenizer, train_items, val_items, weights, cfg, run_dir)
     elapsed = time.perf_counter() - started
-    state = trainer.state
-    if best.weights is not None and best.best_step != state.global_step:
-        console.note(f"final weights come from the best validation pass (step {best.best_step}, {best.best:.4f})")
-    best.restore()
     final_dir = save_final(model, tokenizer, run_dir, labels)
-    status = "early_stopped" if state.global_step < state.max_steps else "completed"
+    status = outcome.status
     summary = {
         "status": status,
         "task": "classification",
-        "steps": state.global_step,
-        "max_steps": state.max_steps,
+        "steps": outcome.steps,
+        "max_steps": outcome.max_steps,
         "method": cfg.method.name,
-        "strategy": _describe_strategy(cfg),
+        "strategy": _describe_strategy(cfg, head is not None),
         "parameters": {"trainable": params.trainable, "total": params.total},
         "labels": labels,
         "examples": {"train": len(train_items), "val": len(val_items)},
@@ -432,7 +452,7 @@ def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
         "class_weights": dict(zip(labels, weights, strict=True)) if weights is not None else None,
         "resample": cfg.classify.resample,
         "max_tokens": limit,
-        "best": {"metric": f"eval_{cfg.train.metric}", "value": best.best, "step": best.best_step},
+        "best": {"metric": f"eval_{cfg.train.metric}", "value": outcome.best, "step": outcome.best_step},
         "this_session": {"seconds": round(elapsed, 2)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "final": str(final_dir.relative_to(run_dir)),
@@ -440,12 +460,81 @@ def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
     runs.write_summary(run_dir, summary)
     runs.plot_losses(run_dir)
     registry.record(cfg, run_dir)
-    return ClassifyResult(run_dir, status, state.global_step, final_dir, summary)
+    return ClassifyResult(run_dir, status, outcome.steps, final_dir, summary)
 
 
-def _describe_strategy(cfg: ProjectConfig) -> str:
+@dataclass
+class Outcome:
+    """How training went, whichever way the head was fitted."""
+
+    status: str  # completed | early_stopped
+    steps: int  # optimizer steps, or L-BFGS iterations for a logistic head
+    max_steps: int
+    best: float | None
+    best_step: int | None
+
+
+def _descend(model, tokenizer, train_items, val_items, weights, cfg: ProjectConfig, run_dir: Path) -> Outcome:
+    """Gradient descent with Transformers' Trainer; the best validation pass's weights are restored."""
+    import torch
+    from transformers import DataCollatorWithPadding, PrinterCallback
+
+    from tuneloop import runs
+
+    best = KeepBest(cfg.train.metric, cfg.train.metric != "loss", cfg.train.early_stopping_patience)
+    best.model = model
+    trainer = make_trainer_class()(
+        model=model,
+        args=training_arguments(cfg, run_dir, bool(val_items)),
+        train_dataset=_tensors_only(train_items),
+        eval_dataset=_tensors_only(val_items) or None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_compute_metrics,
+        callbacks=[MetricsFile(run_dir / runs.METRICS), Progress(), best.callback],
+        class_weights=torch.tensor(weights) if weights is not None else None,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    state = trainer.state
+    if best.weights is not None and best.best_step != state.global_step:
+        console.note(f"final weights come from the best validation pass (step {best.best_step}, {best.best:.4f})")
+    best.restore()
+    status = "early_stopped" if state.global_step < state.max_steps else "completed"
+    return Outcome(status, state.global_step, state.max_steps, best.best, best.best_step)
+
+
+def _tensors_only(items: list[dict]) -> list[dict]:
+    return [{k: v for k, v in item.items() if k != "text"} for item in items]
+
+
+def _fit_features(head, model, tokenizer, train_items, val_items, weights, cfg, run_dir: Path) -> Outcome:
+    """`features` with a one-layer head: logistic regression on the frozen features, to convergence.
+
+    The train texts go through the frozen model once; the head's weights are the fitted coefficients.
+    Validation is measured before (the untrained head) and after, into metrics.jsonl like the Trainer's.
+    """
+    from tuneloop import runs
+    from tuneloop.classifier import PROBE_ITERATIONS
+
+    texts = [item["text"] for item in train_items]
+    val_texts, val_targets = [item["text"] for item in val_items], [item["labels"] for item in val_items]
+    rows = [validation_row(model, tokenizer, val_texts, val_targets, 0)] if val_items else []
+    console.note(f"fitting the head by logistic regression on {len(texts):,} train texts' frozen features")
+    iterations = fit_logistic_head(head, model, tokenizer, train_items, texts, weights, cfg)
+    if iterations >= PROBE_ITERATIONS:
+        console.warn(f"the logistic head did not converge in {PROBE_ITERATIONS} iterations; it is used as it is")
+    if val_items:
+        rows.append(validation_row(model, tokenizer, val_texts, val_targets, iterations))
+    with (run_dir / runs.METRICS).open("a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    value = rows[-1][f"eval_{cfg.train.metric}"] if val_items else None
+    return Outcome("completed", iterations, PROBE_ITERATIONS, value, iterations if val_items else None)
+
+
+def _describe_strategy(cfg: ProjectConfig, logistic: bool) -> str:
     return {
-        "features": "frozen encoder, linear head",
+        "features": "frozen encoder, " + ("logistic-regression head" if logistic else "linear head by gradient"),
         "last_k": f"top {cfg.classify.last_k} blocks and the head",
         "lora": f"LoRA r={cfg.method.lora.r} on the blocks, full head",
         "full": "every weight",
