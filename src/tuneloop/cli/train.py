@@ -72,9 +72,10 @@ def _train_classifier(cfg: config.ProjectConfig, resume: bool) -> None:
         )
     result = train_classifier(cfg)
     s = result.summary
+    unit = "L-BFGS iteration" if "logistic" in s["strategy"] else "step"
     lines = [
         f"run       {result.run_dir}",
-        f"status    {result.status} at step {result.steps}/{s['max_steps']} in {s['this_session']['seconds']:.0f}s",
+        f"status    {result.status} at {unit} {result.steps}/{s['max_steps']} in {s['this_session']['seconds']:.0f}s",
         f"method    {s['method']} ({s['strategy']}): {s['parameters']['trainable']:,} of "
         f"{s['parameters']['total']:,} parameters trained",
         f"labels    {len(s['labels'])}: {', '.join(s['labels'][:10])}{' ...' if len(s['labels']) > 10 else ''}",

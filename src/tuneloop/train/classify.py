@@ -121,7 +121,7 @@ def tokenize(examples: list[Example], tokenizer: Any, label_ids: dict[str, int],
         items.append(item)
     cut = sum(1 for item in items if len(item["input_ids"]) >= max_length)
     if cut:
-        console.warn(f"{cut:,} of {len(items):,} texts reach {max_length} tokens and were cut there")
+        console.warn(f"{cut:,} of {len(items):,} texts reach {max_length} tokens: the longer ones were cut there")
     return items
 
 
