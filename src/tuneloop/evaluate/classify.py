@@ -191,6 +191,11 @@ def evaluate(
             check_no_test_overlap(d, test_hashes, len(test_hashes))
     uses = record_test_use(cfg, test_sha, [d.name for d in run_dirs], private)
     console.note(f"test set: {len(examples)} examples from the {source} (evaluated {uses} time(s) so far)")
+    if uses >= cfg.eval.test_reuse_warning:
+        console.warn(
+            f"this test set has been evaluated {uses} times; choices made by looking at it overfit it. "
+            "Select models on validation, and keep a private test set (eval.private_test) for the final verdict"
+        )
 
     texts = [e.text or "" for e in examples]
     systems = {BASE: linear_probe(cfg, labels, texts)}
