@@ -16,7 +16,8 @@ batching ratio (batched tokens/s over one-at-a-time tokens/s) at each client cou
 With --compare-log it instead starts two batched servers, one without a traffic log and one with
 `--log-file` (a fresh SQLite file, PII redacted with the default data.pii settings), and loads them
 in turn, --rounds alternating slices of each client count, so that a change in the machine's load
-hits both alike. It prints the p50 latency ratio with over without the log at each client count,
+hits both alike. It prints the p50 latency ratio with over without the log at each client count, with
+a 95% bootstrap interval (the median of a few hundred latencies moves by several percent on its own),
 and how many requests the log holds and dropped (from the file and /metrics), so a log that
 silently wrote nothing cannot look free. --control adds a third server, again without the log, and
 prints how far two identical servers' p50 differ: an overhead inside that spread is noise. Everything is
@@ -189,6 +190,25 @@ def _p50(level: Level) -> float:
     return statistics.median(level.latencies) if level.latencies else float("nan")
 
 
+def _ratio_interval(top: Level, bottom: Level, confidence: float = 0.95) -> tuple[float, float]:
+    """A bootstrap interval for p50(top) / p50(bottom), each side resampled on its own (the requests of two
+    servers are not paired). It says whether a few percent is the log or the spread of the medians."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if len(top.latencies) < 2 or len(bottom.latencies) < 2:
+        return float("nan"), float("nan")
+    res = bootstrap(
+        (top.latencies, bottom.latencies),
+        lambda a, b, axis=-1: np.median(a, axis=axis) / np.median(b, axis=axis),
+        n_resamples=2000,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=0,
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 async def compare_log(model: str, args: argparse.Namespace, levels: list[int], log_file: Path) -> None:
     """Two batched servers, without and with --log-file, up at once but loaded in turn: each client count
     runs in `--rounds` alternating slices (A B, B A, A B, ...), so a change in the machine's load hits both
@@ -238,10 +258,18 @@ async def compare_log(model: str, args: argparse.Namespace, levels: list[int], l
     print(f"traffic log: {stored} requests stored, {dropped:g} dropped, of {sent} sent after the warm-up")
     for i, (plain, logged) in enumerate(zip(results[0], results[1], strict=True)):
         ratio = _p50(logged) / _p50(plain) if plain.latencies and logged.latencies else float("nan")
-        line = f"log overhead at {plain.clients} clients: p50 {ratio:.3f}x without the log ({(ratio - 1) * 100:+.1f}%)"
+        low, high = _ratio_interval(logged, plain)
+        line = (
+            f"log overhead at {plain.clients} clients: p50 {ratio:.3f}x without the log ({(ratio - 1) * 100:+.1f}%, "
+            f"95% interval {(low - 1) * 100:+.1f}% to {(high - 1) * 100:+.1f}%)"
+        )
         if args.control:
             same = _p50(results[2][i]) / _p50(plain) if results[2][i].latencies else float("nan")
-            line += f"; two servers without it differ by {(same - 1) * 100:+.1f}%"
+            low, high = _ratio_interval(results[2][i], plain)
+            line += (
+                f"; two servers without it differ by {(same - 1) * 100:+.1f}% "
+                f"({(low - 1) * 100:+.1f}% to {(high - 1) * 100:+.1f}%)"
+            )
         print(line)
 
 

@@ -57,8 +57,9 @@ def test_serve_load_bench_compares_the_traffic_log_and_checks_it_wrote():
     assert "without a traffic log" in out and "with --log-file" in out, out
     stored, dropped, sent = map(float, re.search(r"(\d+) requests stored, (\d+) dropped, of (\d+) sent", out).groups())
     assert stored >= sent > 0 and dropped == 0, out  # the warm-up's requests are stored too
-    assert re.search(r"log overhead at 2 clients: p50 [\d.]+x without the log \([+-][\d.]+%\); two servers without "
-                     r"it differ by [+-][\d.]+%", out), out  # fmt: skip
+    assert re.search(r"log overhead at 2 clients: p50 [\d.]+x without the log \([+-][\d.]+%, 95% interval "
+                     r"[+-][\d.]+% to [+-][\d.]+%\); two servers without it differ by [+-][\d.]+% "
+                     r"\([+-][\d.]+% to [+-][\d.]+%\)", out), out  # fmt: skip
     assert "without a traffic log (control)" in out, out
 
 
