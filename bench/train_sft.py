@@ -4,7 +4,8 @@
                                         [--steps 12] [--batch-size 8] [--ours auto,auto@fp32,packed@fp32]
 
 For each model (SmolLM2-135M-Instruct and a tiny config-built Llama) and each length shape
-(`similar`: ~120-token chats; `varied`: 30 to ~700 tokens), both systems train LoRA r=16 on all
+(`similar`: ~120-token chats; `varied`: 30 to ~700 tokens; `quickstart`: the quickstart's tickets, whose
+89-token instruction every example repeats), both systems train LoRA r=16 on all
 linear layers for the same number of optimizer steps over the same examples, with the same batch
 size and completion-only loss (TRL gets the data as conversational prompt/completion, which is
 how its defaults train on the completion only). Each system runs in its own subprocess, so peak
@@ -15,9 +16,11 @@ RSS belongs to it alone. Printed per run:
 - padding waste (computed positions that are padding);
 - achieved model FLOP/s against a matmul peak measured here, in the same process (MFU).
 
-TRL runs with its defaults, except `bf16=False`: its default bf16 refuses to start on a CPU
-without bf16 support ("Your setup doesn't support bf16/gpu"), as on this machine. Its default
-gradient checkpointing stays on; ours is off by default, which is part of what is compared.
+TRL runs twice (`--trl default,fastest`). `default` is its defaults, except `bf16=False`: its default
+bf16 refuses to start on a CPU without bf16 support ("Your setup doesn't support bf16/gpu"), and its
+default gradient checkpointing stays on. `fastest` is TRL as fast as it goes on a CPU: `use_cpu=True`,
+gradient checkpointing off, bf16 only where the CPU has it natively. The ratio column compares with
+the last TRL configuration, so by default with TRL at its fastest.
 Ours runs twice by default: with `train.precision: auto` (bf16 autocast where the CPU has native
 bf16 and the loss matches fp32) and forced to fp32, the same precision as TRL. MFU is measured
 against a matmul peak in each run's own precision. A `:lastN` variant (LoRA on the last N blocks only,
@@ -53,8 +56,14 @@ def words(rng: random.Random, n: int) -> str:
 
 
 def make_rows(shape: str, n: int, seed: int = 0) -> list[dict]:
-    """Single-turn support chats. `similar` keeps lengths within ~15%; `varied` spans ~20x."""
+    """Single-turn support chats. `similar` keeps lengths within ~15%; `varied` spans ~20x; `quickstart`:
+    the quickstart's first n tickets, each with the same 75-word instruction as its system prompt."""
     rng = random.Random(seed)
+    if shape == "quickstart":
+        from importlib.resources import files
+
+        lines = (files("tuneloop") / "templates" / "quickstart" / "tickets.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines[:n]]
     rows = []
     for i in range(n):
         if shape == "similar":
@@ -131,9 +140,15 @@ rows = [json.loads(line) for line in open(spec["data"])]
 data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
 tokenizer = AutoTokenizer.from_pretrained(spec["model"])
 model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+# "default": TRL's defaults (gradient checkpointing on) but bf16=False, which a CPU without bf16 refuses.
+# "fastest": TRL at its fastest on a CPU: use_cpu, gradient checkpointing off, bf16 only where it is native.
+fastest = spec["trl"] == "fastest"
+native_bf16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+bf16 = fastest and native_bf16
 args = SFTConfig(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"], max_steps=spec["steps"],
-                 learning_rate=2e-4, bf16=False, save_strategy="no", report_to=[], seed=0,
-                 logging_steps=1000, disable_tqdm=True)
+                 learning_rate=2e-4, bf16=bf16, save_strategy="no", report_to=[], seed=0,
+                 logging_steps=1000, disable_tqdm=True, use_cpu=fastest,
+                 gradient_checkpointing=not fastest)
 lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora)
 counts = {"trained": 0, "real": 0, "computed": 0}
@@ -147,7 +162,7 @@ def counting(features):
 trainer.data_collator = counting  # the dataloader is built inside train(), so it picks this up
 start = time.perf_counter()
 trainer.train()
-finish(time.perf_counter() - start, counts, {"layout": "padded", "precision": "fp32"})
+finish(time.perf_counter() - start, counts, {"layout": "padded", "precision": "bf16" if bf16 else "fp32"})
 """
 )
 
@@ -246,7 +261,13 @@ def model_folder(name: str, root: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smollm2,tiny")
-    parser.add_argument("--shapes", default="similar,varied")
+    parser.add_argument("--shapes", default="similar,varied", help="similar, varied, quickstart")
+    parser.add_argument(
+        "--trl",
+        default="default,fastest",
+        help="TRL configurations: default (its defaults, gradient checkpointing on) and fastest (use_cpu, no "
+        "gradient checkpointing, bf16 where native). The ratio column is against the last one",
+    )
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
@@ -282,11 +303,12 @@ def main() -> None:
                 cfg_path = write_project(folder, model_dir, rows, args.steps, args.batch_size)
                 data_path, items = prepared_items(cfg_path)
                 flops_per_epoch = model_flops(model_dir, items, lora=True)
-                trl = run_child(
-                    TRL,
-                    {"model": str(model_dir), "data": str(data_path), "out": str(folder / "trl"), **vars(args)},
-                )
-                results = [("TRL SFTTrainer", trl)]
+                results = []
+                for setting in args.trl.split(","):
+                    spec = {"model": str(model_dir), "data": str(data_path), "out": str(folder / f"trl-{setting}")}
+                    results.append((f"TRL {setting}", run_child(TRL, {**spec, **vars(args), "trl": setting})))
+                trl = results[-1][1]
+                n_trl = len(results)
                 for variant in args.ours.split(","):
                     ours = run_child(OURS, {"config": str(cfg_path), "variant": variant})
                     layout, _, last = variant.partition(":last")
@@ -305,8 +327,11 @@ def main() -> None:
                         f"{achieved / 1e9:8.2f} {achieved / r['peak_flops']:6.1%}",
                         flush=True,
                     )
-                ratios.append(results[1][1]["trained"] / results[1][1]["seconds"] / base)
-    print(f"median trained-tokens/s ratio, tuneloop {args.ours.split(',')[0]} ÷ TRL: {statistics.median(ratios):.2f}x")
+                ratios.append(results[n_trl][1]["trained"] / results[n_trl][1]["seconds"] / base)
+    print(
+        f"median trained-tokens/s ratio, tuneloop {args.ours.split(',')[0]} ÷ TRL {args.trl.split(',')[-1]}: "
+        f"{statistics.median(ratios):.2f}x"
+    )
 
 
 if __name__ == "__main__":

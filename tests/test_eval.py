@@ -61,6 +61,33 @@ def test_batched_generation_equals_one_at_a_time(tiny_llama: Path) -> None:
     assert all(g.new_tokens <= 10 for g in batched)
 
 
+def test_a_shared_system_prompt_computed_once_gives_the_same_answers(tiny_llama: Path, monkeypatch) -> None:
+    """A batch whose prompts share a long prefix computes it once; greedy and sampled answers are unchanged."""
+    from transformers import DynamicCache
+
+    from tuneloop import generate
+    from tuneloop.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(tiny_llama))
+    system = {"role": "system", "content": "Triage the ticket into JSON with category, priority and product. " * 2}
+    conversations = [[system, {"role": "user", "content": "refund " * n}] for n in (1, 7, 3, 12, 5)]
+    copies = []
+    real_copy = DynamicCache.batch_repeat_interleave
+    monkeypatch.setattr(DynamicCache, "batch_repeat_interleave", lambda c, n: copies.append(n) or real_copy(c, n))
+
+    def answers(temperature: float) -> list[tuple[str, int]]:
+        out = generate.generate_batch(
+            model, tokenizer, conversations, max_new_tokens=10, batch_size=5, temperature=temperature, seed=3
+        )
+        return [(g.text, g.new_tokens) for g in out]
+
+    shared = answers(0.0), answers(1.0)
+    assert copies == [5, 5]  # the prefix was computed once per batch and copied to its 5 rows
+    monkeypatch.setattr(generate, "can_share_prompt_cache", lambda model: False)
+    assert (answers(0.0), answers(1.0)) == shared
+    assert copies == [5, 5]
+
+
 def test_completion_nll_is_the_training_loss(trained: tuple[Path, Path]) -> None:
     """Test perplexity measures the same tokens, the same way, as validation loss."""
     import torch

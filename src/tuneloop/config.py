@@ -367,8 +367,8 @@ class TrainConfig(_Section):
         description="'auto': bf16/fp16 on GPU; bf16 autocast on CPUs that support it; else fp32.",
     )
     gradient_checkpointing: bool = False
-    batching: Literal["auto", "padded", "packed", "length_grouped"] = Field(
-        default="auto", description="'auto' measures the data and picks the faster layout."
+    batching: Literal["auto", "padded", "packed", "shared_prefix", "length_grouped"] = Field(
+        default="auto", description="'auto' measures the data and picks the fastest layout."
     )
     log_every: int = Field(default=10, gt=0, description="Steps between training-loss log lines.")
     eval_every: int = Field(default=50, gt=0, description="Steps between validation passes.")

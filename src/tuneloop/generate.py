@@ -62,9 +62,14 @@ def generate_batch(
     Prompts are rendered by the same `Renderer` that built the training data, sorted by length so
     a batch holds similar lengths, left-padded, and decoded with the KV cache. `on_batch(n)` is
     called after each batch with the number of replies it produced (for progress bars).
+
+    When a batch's prompts start with the same tokens (a system prompt every test case repeats), that
+    prefix is computed once and its KV cache copied to every row; the rows are laid out as prefix,
+    padding, remainder, so each token keeps the position it has in its own prompt.
     """
     import torch
 
+    from tuneloop.data.batching import common_prefix
     from tuneloop.data.formats import RowError
     from tuneloop.data.render import Renderer
     from tuneloop.errors import UserError
@@ -76,6 +81,7 @@ def generate_batch(
         raise UserError(f"cannot render the prompt: {e}") from None
     stops = stop_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    share = can_share_prompt_cache(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     results: list[Generation | None] = [None] * len(prompts)
     sampling = temperature > 0
@@ -85,12 +91,26 @@ def generate_batch(
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            input_ids, attention = left_pad([prompts[i] for i in chunk], pad)
-            width = input_ids.shape[1]
+            rows = [prompts[i] for i in chunk]
+            # Each row keeps at least its last prompt token: generation starts from it.
+            shared = common_prefix(rows, min(len(r) for r in rows) - 1) if share and len(rows) > 1 else 0
+            if shared < MIN_SHARED_PROMPT:
+                shared = 0
+            input_ids, attention = left_pad([r[shared:] for r in rows], pad)
+            extra: dict[str, Any] = {}
             with torch.inference_mode():
+                if shared:
+                    prefix = torch.tensor([rows[0][:shared]], device=model.device)
+                    cache = model(input_ids=prefix, use_cache=True).past_key_values
+                    cache.batch_repeat_interleave(len(rows))
+                    input_ids = torch.cat([prefix.cpu().expand(len(rows), -1), input_ids], dim=1)
+                    attention = torch.cat([torch.ones(len(rows), shared, dtype=attention.dtype), attention], dim=1)
+                    extra["cache"] = cache
+                width = input_ids.shape[1]
                 output = model.generate(
                     input_ids=input_ids.to(model.device),
                     attention_mask=attention.to(model.device),
+                    **extra,
                     max_new_tokens=max_new_tokens,
                     do_sample=sampling,
                     temperature=temperature if sampling else None,
@@ -107,6 +127,21 @@ def generate_batch(
     finally:
         model.train(was_training)
     return [r for r in results if r is not None]
+
+
+MIN_SHARED_PROMPT = 16  # tokens a batch's prompts must share before their prefix is computed once
+
+
+def can_share_prompt_cache(model: Any) -> bool:
+    """Whether one prefix KV cache may be copied to every row: model types whose attention follows the
+    mask and position ids given (the packing-verified list), and no virtual tokens (prompt tuning)."""
+    from tuneloop.data.batching import PACKING_VERIFIED
+
+    config = getattr(model, "config", None)
+    peft = getattr(model, "active_peft_config", None)
+    if peft is not None and getattr(peft, "is_prompt_learning", False):
+        return False
+    return getattr(config, "model_type", None) in PACKING_VERIFIED
 
 
 def _decode(new_ids: list[int], stops: list[int], tokenizer: Any) -> Generation:

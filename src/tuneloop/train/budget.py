@@ -142,9 +142,8 @@ def choose_max_steps(
 
 
 def _real_tokens(batch: dict[str, Any]) -> int:
-    """Tokens in a batch that are not padding (a packed batch has no padding and no attention mask)."""
-    real = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-    return max(int(real), 1)
+    """The batch's examples' tokens, padding aside (the Collator counts them in every layout)."""
+    return max(int(batch["tokens"]), 1)
 
 
 def apply(

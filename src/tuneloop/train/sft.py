@@ -27,13 +27,14 @@ from typing import Any
 
 from tuneloop import console
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
-from tuneloop.data.batching import IGNORE, Collator, choose_layout
+from tuneloop.data.batching import Collator, choose_layout, shared_prefix_length
 from tuneloop.data.formats import Example, RowError
 from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, OverfitAlarm, Progress
 from tuneloop.train.guards import NonFiniteError, StepGuard, non_finite_message
+from tuneloop.train.loss import example_losses, token_loss
 from tuneloop.train.resume import check_same_config, check_same_data
 
 # Config sections that shape the trained weights; a resume must match them (task and eval may differ).
@@ -256,50 +257,6 @@ def _device() -> str:
 # --------------------------------------------------------------------------- 5. the loss and the trainer
 
 
-def _trained_positions(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-    """(loss, weight, right or not, mask of trained positions) at every trained position of a batch.
-
-    Logits are computed only at trained positions (`logits_to_keep`): prompts and padding never
-    pay for the vocabulary projection, which is a large share of a small model's compute.
-    """
-    import torch.nn.functional as F
-
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = model(**inputs, logits_to_keep=batch["logits_to_keep"], use_cache=False).logits
-    logits = logits.reshape(-1, logits.shape[-1])
-    selected = batch["shift_labels"] != IGNORE
-    targets = batch["shift_labels"][selected]
-    losses = F.cross_entropy(logits.float(), targets, reduction="none")
-    return losses, batch["shift_weights"][selected], logits.argmax(-1) == targets, selected
-
-
-def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """(weighted sum of token losses, number of trained tokens, number predicted right) for one batch."""
-    import torch
-
-    losses, weights, hits, _ = _trained_positions(model, batch)
-    return (losses * weights).sum(), torch.tensor(losses.numel()), hits.sum()
-
-
-def example_losses(model: Any, batch: dict[str, Any]) -> Any:
-    """Per example of the batch, in its order: (weighted loss sum, trained tokens, predicted right), float64."""
-    import torch
-
-    losses, weights, hits, selected = _trained_positions(model, batch)
-    # Which example each trained position belongs to: its row, or in a packed row the number of
-    # position-id restarts before it.
-    if "position_ids" in batch:
-        owner = (batch["position_ids"] == 0).long().cumsum(-1) - 1
-    else:
-        owner = torch.arange(selected.shape[0], device=selected.device)[:, None].expand_as(selected)
-    owner = owner[selected]
-    stats = torch.zeros(len(batch["example_ids"]), 3, dtype=torch.float64, device=losses.device)
-    stats[:, 0].index_add_(0, owner, (losses * weights).double())
-    stats[:, 1].index_add_(0, owner, torch.ones_like(losses, dtype=torch.float64))
-    stats[:, 2].index_add_(0, owner, hits.double())
-    return stats
-
-
 def make_trainer_class() -> type:
     """The one Trainer subclass: our loss, our evaluation, atomic checkpoints. Built lazily (imports torch)."""
     import torch
@@ -516,11 +473,14 @@ def train(
 
     virtual = cfg.method.prompt.num_virtual_tokens if cfg.method.name == "prompt_tuning" else 0
     can_pack = cfg.method.name not in ("prompt_tuning", "prefix_tuning")
+    lengths = [len(i["input_ids"]) for i in train_items]
+    shared = shared_prefix_length(train_items)
     layout = choose_layout(
-        cfg.train.batching, [len(i["input_ids"]) for i in train_items], cfg.train.batch_size, model.config, can_pack
+        cfg.train.batching, lengths, cfg.train.batch_size, model.config, can_pack, shared, cfg.data.max_length
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collator = Collator(pad_id, packed=layout.layout == "packed", prefix_tokens=virtual)
+    share = layout.layout == "shared_prefix"
+    collator = Collator(pad_id, packed=layout.layout == "packed" or share, prefix_tokens=virtual, share_prefix=share)
     probe = collator(train_items[: cfg.train.batch_size])
     precision, why = choose_precision(cfg.train.precision, model, probe)
     console.note(f"precision {precision} ({why}); batches {layout.layout} ({layout.reason})")
