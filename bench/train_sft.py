@@ -26,7 +26,8 @@ bf16 and the loss matches fp32) and forced to fp32, the same precision as TRL. M
 against a matmul peak in each run's own precision. A `:lastN` variant (LoRA on the last N blocks only,
 `method.lora.last_layers`) does less work per token, since backpropagation stops below those blocks;
 its GFLOP/s and MFU still count the work of LoRA on every block, so they read as the rate a run
-adapting every block would need to match it.
+adapting every block would need to match it. Likewise a shared-prefix run (`auto` picks it on the
+quickstart's tickets) counts the prefix once per example, as an unshared run computes it.
 Absolute times on shared machines are noise: read the ratios, which come from one run.
 """
 
@@ -321,9 +322,12 @@ def main() -> None:
                     ratio = rate / base
                     # Both systems see every example once when steps × batch = the train split.
                     achieved = flops_per_epoch * (r["real"] / sum(len(i["input_ids"]) for i in items)) / r["seconds"]
+                    # A shared-prefix run computes fewer positions than its examples hold: no padding, and the
+                    # achieved GFLOP/s and MFU count the work an unshared run would do (the prefix per example).
+                    padding = f"{max(1 - r['real'] / r['computed'], 0):8.1%}"
                     print(
                         f"{model_name:8} {shape:8} {name:24} {rate:13.1f} {r['real'] / r['seconds']:9.1f} "
-                        f"{ratio:5.2f}x {r['rss_mb']:7.0f}MB {1 - r['real'] / r['computed']:8.1%} "
+                        f"{ratio:5.2f}x {r['rss_mb']:7.0f}MB {padding} "
                         f"{achieved / 1e9:8.2f} {achieved / r['peak_flops']:6.1%}",
                         flush=True,
                     )

@@ -88,6 +88,30 @@ def test_a_shared_system_prompt_computed_once_gives_the_same_answers(tiny_llama:
     assert copies == [5, 5]
 
 
+def test_evaluation_folds_a_lora_adapter_into_the_same_function(trained: tuple[Path, Path], tiny_llama: Path) -> None:
+    """The merged model that answers in evaluation computes what the trained adapter computes."""
+    import torch
+    from peft import PeftModel, PromptTuningConfig, get_peft_model
+
+    from tuneloop import runs
+    from tuneloop.models import load_causal_lm
+
+    path, run_dir = trained
+    adapted, _ = runs.load_final(config.load(path), run_dir)
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7, 22, 8]])
+    with torch.no_grad():
+        before = adapted(input_ids=ids).logits
+        merged = runs.merged_for_inference(adapted)
+        after = merged(input_ids=ids).logits
+    assert isinstance(adapted, PeftModel) and not isinstance(merged, PeftModel)
+    assert torch.allclose(before, after, atol=1e-4)
+    base, _ = load_causal_lm(str(tiny_llama))
+    with torch.no_grad():
+        assert (base(input_ids=ids).logits - after).abs().max() > 1e-3  # the adapter is in there, not dropped
+    prompt = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    assert runs.merged_for_inference(prompt) is prompt  # virtual tokens: nothing to fold
+
+
 def test_completion_nll_is_the_training_loss(trained: tuple[Path, Path]) -> None:
     """Test perplexity measures the same tokens, the same way, as validation loss."""
     import torch

@@ -101,7 +101,7 @@ def generate_batch(
             with torch.inference_mode():
                 if shared:
                     prefix = torch.tensor([rows[0][:shared]], device=model.device)
-                    cache = model(input_ids=prefix, use_cache=True).past_key_values
+                    cache = model(input_ids=prefix, use_cache=True).cache
                     cache.batch_repeat_interleave(len(rows))
                     input_ids = torch.cat([prefix.cpu().expand(len(rows), -1), input_ids], dim=1)
                     attention = torch.cat([torch.ones(len(rows), shared, dtype=attention.dtype), attention], dim=1)

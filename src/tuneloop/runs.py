@@ -152,6 +152,22 @@ def load_final(cfg: ProjectConfig, run_dir: Path) -> tuple[Any, Any]:
     return model, load_tokenizer(final)  # the tokenizer and chat template the run trained with
 
 
+def merged_for_inference(model: Any) -> Any:
+    """A LoRA-family adapter folded into its base's weights: the same function (up to float rounding)
+    at the cost of the base alone, which makes generation about a quarter faster on a small model.
+
+    Returned unchanged: a model without an adapter, prompt-learning adapters (nothing to fold), and a
+    quantized base (folding would dequantize it, so the result would not be the model that was trained).
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    if model.active_peft_config.is_prompt_learning or getattr(model.config, "quantization_config", None):
+        return model
+    return model.merge_and_unload()
+
+
 # --------------------------------------------------------------------------- provenance
 
 BASE_MODEL_FILE = "base-model.json"  # the model a run was trained on: name, revision, folder, fingerprint

@@ -18,7 +18,7 @@ def quickstart(
     force: Annotated[bool, typer.Option("--force", help="Overwrite project files that exist and differ.")] = False,
 ) -> None:
     """Create a support-ticket triage project (SmolLM2-135M-Instruct + 1,300 tickets) and run the loop on it:
-    prepare, LoRA training, base-vs-tuned evaluation. About 10 minutes on 2 CPU cores."""
+    prepare, LoRA training, base-vs-tuned evaluation. About 12 minutes on 2 CPU cores."""
     from tuneloop import console
     from tuneloop.cli.evaluate import print_report
     from tuneloop.cli.init import write_files

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop import console
+from tuneloop import console, runs
 from tuneloop.config import ProjectConfig
 from tuneloop.data.chat_templates import project_tokenizer
 from tuneloop.data.formats import Example
@@ -269,7 +269,6 @@ def _plain_probes(probes: list[Any]) -> list[Any]:
 def load_system(cfg: ProjectConfig, run_dir: Path | None) -> tuple[Any, Any]:
     """The base model (its tokenizer with model.chat_template applied), or a run's final model with the
     tokenizer and chat template it trained with."""
-    from tuneloop import runs
     from tuneloop.data.chat_templates import project_model
 
     if run_dir is None:
@@ -446,6 +445,7 @@ def evaluate(
                 continue
         console.note(f"loading {name}: {cfg.model.name}" + (f" + {run_dir / 'final'}" if run_dir else ""))
         model, tokenizer = load_system(cfg, run_dir)
+        model = runs.merged_for_inference(model)  # answers and forgetting figures: the same model, faster
         systems.append(measure(name, model, tokenizer, cfg, cases, general, probes, run_dir))
         if run_dir is None and cfg.eval.cache_base:
             base_cache.store(cfg, key, systems[-1])
