@@ -113,3 +113,19 @@ def test_monitor_drift_bench_reports_false_positives_and_power_per_size():
                       r"([\d.]+)% \(another length profile\)", out)  # fmt: skip
     assert found, out
     assert float(found[1]) <= 40 and float(found[2]) >= 60 and float(found[3]) >= 60, out
+
+
+def test_train_sft_bench_compares_with_trl_default_and_fastest_on_the_quickstart_tickets():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench/train_sft.py"), "--quick", "--shapes", "quickstart", "--ours", "auto@fp32"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    ).stdout
+    rows = {
+        m.group(1): float(m.group(2)) for m in re.finditer(r"quickstart (TRL \w+|tuneloop \S+ \w+) +([\d.]+) ", out)
+    }
+    assert set(rows) == {"TRL default", "TRL fastest", "tuneloop auto:shared_prefix fp32"}, out
+    assert all(rate > 0 for rate in rows.values()), out
+    assert re.search(r"tuneloop auto@fp32 ÷ TRL fastest: [\d.]+x", out), out
