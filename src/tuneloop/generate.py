@@ -69,7 +69,7 @@ def generate_batch(
     """
     import torch
 
-    from tuneloop.data.batching import common_prefix
+    from tuneloop.data.batching import MIN_SHARED_PREFIX, common_prefix
     from tuneloop.data.formats import RowError
     from tuneloop.data.render import Renderer
     from tuneloop.errors import UserError
@@ -94,7 +94,7 @@ def generate_batch(
             rows = [prompts[i] for i in chunk]
             # Each row keeps at least its last prompt token: generation starts from it.
             shared = common_prefix(rows, min(len(r) for r in rows) - 1) if share and len(rows) > 1 else 0
-            if shared < MIN_SHARED_PROMPT:
+            if shared < MIN_SHARED_PREFIX:  # the same threshold as training's shared-prefix rows
                 shared = 0
             input_ids, attention = left_pad([r[shared:] for r in rows], pad)
             extra: dict[str, Any] = {}
@@ -127,9 +127,6 @@ def generate_batch(
     finally:
         model.train(was_training)
     return [r for r in results if r is not None]
-
-
-MIN_SHARED_PROMPT = 16  # tokens a batch's prompts must share before their prefix is computed once
 
 
 def can_share_prompt_cache(model: Any) -> bool:
