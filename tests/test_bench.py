@@ -129,3 +129,45 @@ def test_train_sft_bench_compares_with_trl_default_and_fastest_on_the_quickstart
     assert set(rows) == {"TRL default", "TRL fastest", "tuneloop auto:shared_prefix fp32"}, out
     assert all(rate > 0 for rate in rows.values()), out
     assert re.search(r"tuneloop auto@fp32 ÷ TRL fastest: [\d.]+x", out), out
+
+
+def test_expense_claims_are_reproducible_and_every_field_is_in_the_claim(tmp_path: Path):
+    """The transfer task is fair: same seed, same bytes; each answer is schema-valid and readable off the text."""
+    import json
+
+    import jsonschema
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import expense_claims
+
+    expense_claims.write(tmp_path / "a.jsonl", 300, 7, tmp_path / "schema.json")
+    expense_claims.write(tmp_path / "b.jsonl", 300, 7)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    schema = json.loads((tmp_path / "schema.json").read_text())
+    kinds, projects = set(), 0
+    for line in (tmp_path / "a.jsonl").read_text().splitlines():
+        _, claim, answer = json.loads(line)["messages"]
+        record = json.loads(answer["content"])
+        jsonschema.validate(record, schema)
+        kinds.add(record["type"])
+        if record["project"]:
+            projects += 1
+            assert record["project"] in claim["content"]
+        digits = f"{record['amount']:.2f}".replace(".00", "")
+        assert digits in claim["content"].replace(",", ""), (record, claim["content"])
+    assert kinds == set(expense_claims.TYPES) and 120 < projects < 240
+
+
+def test_quickstart_transfer_bench_runs_the_quickstart_recipe_on_the_claims():
+    """Plumbing on a tiny model: the shipped recipe with only the data swapped, evaluated base vs tuned."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench/quickstart_transfer.py"), "--model", "tiny", "--count", "60",
+         "--set", "train.max_steps=2", "--set", "eval.forgetting.enabled=false", "--set", "eval.redteam.enabled=false"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=580,
+    ).stdout  # fmt: skip
+    assert re.search(r"13 test claims, 95% intervals", out), out
+    for name in ("exact_match", "json_match", "json_schema", "field amount", "field project"):
+        assert re.search(rf"{name} +[\d.]+ -> +[\d.]+", out), (name, out)
