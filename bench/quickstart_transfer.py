@@ -22,7 +22,7 @@ from importlib.resources import files
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import expense_claims  # noqa: E402  (a sibling script, not a package)
+import expense_claims  # a sibling script, not a package: importable once its folder is on the path
 
 # The quickstart config's lines that name the tickets, and what replaces each. If the template changes,
 # the bench stops instead of silently running another recipe.
