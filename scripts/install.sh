@@ -15,8 +15,12 @@ python=${PYTHON:-python3}
 # uv installs the same pinned set as pip would, fetching and unpacking in parallel: measured alone on
 # 2 cores with empty caches, 1 m 47 s for the --dev set against pip's 3 m 57 s. uv is pinned in constraints.txt.
 .venv/bin/python -m pip install --disable-pip-version-check -q "$(grep '^uv==' constraints.txt)"
-# uv reads its own settings, not pip's: a local wheel mirror given to pip (PIP_FIND_LINKS) is passed on.
-if [[ -n ${PIP_FIND_LINKS:-} && -z ${UV_FIND_LINKS:-} ]]; then export UV_FIND_LINKS=$PIP_FIND_LINKS; fi
+# uv reads its own settings, not pip's: a local wheel folder given to pip (PIP_FIND_LINKS or pip.conf's
+# find-links, space-separated) is passed on to uv (comma-separated).
+if [[ -z ${UV_FIND_LINKS:-} ]]; then
+  links=${PIP_FIND_LINKS:-$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true)}
+  if [[ -n $links ]]; then export UV_FIND_LINKS=${links// /,}; fi
+fi
 # Bytecode is compiled now, as pip does, so that the first command does not pay for it.
 uv=(.venv/bin/uv pip install --python .venv/bin/python --quiet --compile-bytecode --link-mode copy -c constraints.txt)
 "${uv[@]}" -e "$target"
