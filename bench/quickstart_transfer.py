@@ -50,21 +50,15 @@ def write_project(directory: Path, model: str, count: int, seed: int) -> Path:
     return directory / "tuneloop.yaml"
 
 
-def summarize(report: dict) -> list[str]:
-    """Base → tuned per metric and per field with intervals, and the forgetting checks."""
+def field_lines(report: dict) -> list[str]:
+    """Base → tuned accuracy per JSON field (the verdict table above has the whole-answer metrics)."""
     lines = []
-    for name, per in report["comparisons"].items():
-        lines.append(f"{name}: {report['test']['examples']} test claims, {report['confidence']:.0%} intervals")
-        for metric, c in per.items():
+    for name, per in ((report.get("fields") or {}).get("comparisons") or {}).items():
+        for field, c in per.items():
             lines.append(
-                f"  {metric:20} {c['baseline']:7.3f} -> {c['candidate']:7.3f}  "
-                f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]  {c['verdict']}"
+                f"  field {field:18} {c['baseline']:7.3f} → {c['candidate']:7.3f}  "
+                f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]  {c['verdict']}  ({name})"
             )
-        for field, c in ((report.get("fields") or {}).get("comparisons") or {}).get(name, {}).items():
-            lines.append(f"  field {field:14} {c['baseline']:7.3f} -> {c['candidate']:7.3f}  {c['verdict']}")
-        for measure, f in ((report.get("forgetting") or {}).get(name) or {}).items():
-            flag = "REGRESSED" if f["regressed"] else "ok"
-            lines.append(f"  {measure:20} {f['baseline']:7.3f} -> {f['candidate']:7.3f}  {f['change']:+.1%}  {flag}")
     return lines
 
 
@@ -78,6 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tuneloop import config
+    from tuneloop.cli.evaluate import print_report
     from tuneloop.loop import run
     from tuneloop.models import DEFAULT_MODEL
 
@@ -95,7 +90,8 @@ def main() -> None:
         if result.report is None:
             raise SystemExit(f"the loop ended without an evaluation ({result.status})")
         print(f"quickstart recipe on expense claims ({model}, {args.count} claims, seed {args.seed}):")
-        print("\n".join(summarize(result.report)))
+        print_report(result.report, result.report_dir)
+        print("\n".join(field_lines(result.report)))
         print(f"loop time {elapsed / 60:.1f} min (indicative: alone on the machine or not)")
         if args.dir:
             print(f"project kept in {directory}; report {result.report_dir / 'report.html'}")

@@ -168,6 +168,6 @@ def test_quickstart_transfer_bench_runs_the_quickstart_recipe_on_the_claims():
         check=True,
         timeout=580,
     ).stdout  # fmt: skip
-    assert re.search(r"13 test claims, 95% intervals", out), out
+    assert re.search(r"\(13 test examples, 95% intervals\)", out), out
     for name in ("exact_match", "json_match", "json_schema", "field amount", "field project"):
-        assert re.search(rf"{name} +[\d.]+ -> +[\d.]+", out), (name, out)
+        assert re.search(rf"{name} +[\d.]+ → +[\d.]+", out), (name, out)
