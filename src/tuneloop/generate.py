@@ -233,3 +233,39 @@ def generate_vllm(
         stopped = best.finish_reason == "stop"
         replies.append(Generation(best.text.strip(), stopped, len(best.token_ids)))
     return replies
+
+
+def sampled_answers(
+    model: Any,
+    tokenizer: Any,
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+    require_stop: bool,
+) -> Callable[[list[list[dict[str, Any]]], int], list[list[Any]]]:
+    """An Answerer for `tuneloop data candidates`: k replies per conversation from a local model.
+
+    Each conversation is repeated k times in the batch (sampling makes the copies differ). With
+    `require_stop`, a reply that hit `max_new_tokens` before its end-of-turn token is an answer with an
+    error: a teacher's cut-off answer must not become training data.
+    """
+    from tuneloop.data.candidates import Answer
+
+    def answer(conversations: list[list[dict[str, Any]]], k: int) -> list[list[Answer]]:
+        repeated = [c for c in conversations for _ in range(k)]
+        replies = generate_batch(
+            model,
+            tokenizer,
+            repeated,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            temperature=temperature,
+            seed=seed,
+        )
+        cut = f"the answer hit --max-new-tokens {max_new_tokens} before its end-of-turn token"
+        answers = [Answer(r.text, cut if require_stop and not r.stopped else None) for r in replies]
+        return [answers[i * k : (i + 1) * k] for i in range(len(conversations))]
+
+    return answer

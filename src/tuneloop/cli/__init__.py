@@ -10,6 +10,7 @@ import warnings
 import typer
 
 from tuneloop import __version__
+from tuneloop.cli import candidates as candidates_cmd
 from tuneloop.cli import config as config_cmd
 from tuneloop.cli import curve as curve_cmd
 from tuneloop.cli import data as data_cmd
@@ -63,6 +64,7 @@ app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("init")(init_cmd.init)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
+data_cmd.app.command("candidates")(candidates_cmd.candidates)
 app.command("models")(models_cmd.models)
 app.command("plan")(plan_cmd.plan)
 app.command("train")(train_cmd.train)

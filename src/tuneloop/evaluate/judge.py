@@ -65,10 +65,18 @@ class JudgeClient:
         self.timeout = timeout
 
     def ask(self, prompt: str) -> str:
+        return self.chat([{"role": "user", "content": prompt}])[0]
+
+    def chat(
+        self, messages: list[dict[str, Any]], temperature: float = 0.0, max_tokens: int | None = None
+    ) -> tuple[str, str | None]:
+        """(the reply's text, its finish_reason: "stop", "length" or None when the endpoint gives none)."""
         import urllib.error
         import urllib.request
 
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         request = urllib.request.Request(self.url, json.dumps(body).encode(), self.headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -85,8 +93,9 @@ class JudgeClient:
                 "or remove eval.judge.url to evaluate without a judge"
             ) from None
         try:
-            return json.loads(text)["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
+            choice = json.loads(text)["choices"][0]
+            return choice["message"]["content"] or "", choice.get("finish_reason")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise UserError(f"the judge at {self.url} did not answer in the OpenAI chat format: {text[:300]}") from None
 
 
@@ -199,3 +208,41 @@ def _summarise(mode, result, scores, base_name, tuned_name, primary, n) -> tuple
         f"spearman_with_{primary}_change": None if correlation is None or np.isnan(correlation) else float(correlation),
     }
     return summary, {"scores": result}
+
+
+def score_answer(client: JudgeClient, rubric: str, question: str, reference: str | None, answer: str) -> float:
+    """The judge's 1-5 score of one answer; ValueError when its reply holds no score."""
+    prompt = SCORE_PROMPT.format(rubric=rubric, question=question, reference=reference or "(none)", answer=answer)
+    reply = client.ask(prompt)
+    score = parse_score(reply)
+    if score is None:
+        raise ValueError(f"the judge's reply holds no 1-5 score: {reply[:120]!r}")
+    return float(score)
+
+
+def endpoint_answerer(client: JudgeClient, temperature: float, max_tokens: int) -> Any:
+    """An Answerer for `tuneloop data candidates` (a teacher endpoint): one request per answer.
+
+    A request that fails, or a reply cut at `max_tokens`, is an answer with an error (its prompt becomes
+    a reject at its file:line); an endpoint that cannot be reached at all stops the command.
+    """
+    from tuneloop.data.candidates import Answer
+
+    def answer(conversations: list[list[dict[str, Any]]], k: int) -> list[list[Answer]]:
+        results = []
+        for messages in conversations:
+            replies = []
+            for _ in range(k):
+                try:
+                    text, finish = client.chat(messages, temperature, max_tokens)
+                except UserError as e:
+                    if "not reachable" in str(e):
+                        raise
+                    replies.append(Answer("", str(e)))
+                    continue
+                cut = f"the answer was cut at max_tokens {max_tokens} (finish_reason length)"
+                replies.append(Answer(text.strip(), cut if finish == "length" else None))
+            results.append(replies)
+        return results
+
+    return answer
