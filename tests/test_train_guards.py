@@ -272,4 +272,4 @@ def test_a_pickled_checkpoint_is_refused_on_resume(tmp_path: Path, project: Path
     torch.save({"w": torch.zeros(2)}, staged / "adapter_model.bin")
     checkpoint.commit(staged, run / "checkpoints", 3, {})
     with pytest.raises(UserError, match=r"checkpoint to resume .* holds pickled weights \(adapter_model.bin\)"):
-        sft._run_dir(load(project), run)
+        sft.run_folder(load(project), run)

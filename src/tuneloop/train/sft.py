@@ -324,29 +324,34 @@ def make_trainer_class() -> type:
             return metrics
 
         def _save_checkpoint(self, model, trial):
-            # Trainer writes the checkpoint into a staging folder; we fsync it, rename it into place
-            # and mark it complete, so a crash mid-save never leaves a checkpoint that looks usable.
-            checkpoints = Path(self.args.output_dir)
-            step = self.state.global_step
-            staging = checkpoint.staging_dir(checkpoints) if self.args.should_save else checkpoints / checkpoint.STAGING
-            self.accelerator.wait_for_everyone()  # every rank writes its RNG state into the staging folder
-            self.args.output_dir = str(staging)
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self.args.output_dir = str(checkpoints)
-            self.accelerator.wait_for_everyone()
-            best = self.state.best_global_step
-            self.state.best_model_checkpoint = str(checkpoints / f"{checkpoint.PREFIX}{best}") if best else None
-            if self.args.should_save:
-                staged = staging / f"{checkpoint.PREFIX}{step}"
-                self.state.save_to_json(str(staged / "trainer_state.json"))  # with the real best path
-                checkpoint.commit(staged, checkpoints, step, {"best_step": best, "best_metric": self.state.best_metric})
-                best_dir = checkpoints / f"{checkpoint.PREFIX}{best}" if best else None
-                checkpoint.rotate(checkpoints, self.keep_last, best_dir)
-            self.accelerator.wait_for_everyone()
+            save_atomically(self, lambda: super(SFTTrainer, self)._save_checkpoint(model, trial))
 
     return SFTTrainer
+
+
+def save_atomically(trainer: Any, save: Callable[[], None]) -> None:
+    """Run Trainer's checkpoint save (`save`) into a staging folder, then fsync it, rename it into place and
+    mark it complete, so a crash mid-save never leaves a checkpoint that looks usable. Every trainer of
+    tuneloop (`keep_last` set on it) saves through this."""
+    checkpoints = Path(trainer.args.output_dir)
+    step = trainer.state.global_step
+    staging = checkpoint.staging_dir(checkpoints) if trainer.args.should_save else checkpoints / checkpoint.STAGING
+    trainer.accelerator.wait_for_everyone()  # every rank writes its RNG state into the staging folder
+    trainer.args.output_dir = str(staging)
+    try:
+        save()
+    finally:
+        trainer.args.output_dir = str(checkpoints)
+    trainer.accelerator.wait_for_everyone()
+    best = trainer.state.best_global_step
+    trainer.state.best_model_checkpoint = str(checkpoints / f"{checkpoint.PREFIX}{best}") if best else None
+    if trainer.args.should_save:
+        staged = staging / f"{checkpoint.PREFIX}{step}"
+        trainer.state.save_to_json(str(staged / "trainer_state.json"))  # with the real best path
+        checkpoint.commit(staged, checkpoints, step, {"best_step": best, "best_metric": trainer.state.best_metric})
+        best_dir = checkpoints / f"{checkpoint.PREFIX}{best}" if best else None
+        checkpoint.rotate(checkpoints, trainer.keep_last, best_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 def training_arguments(
@@ -354,9 +359,16 @@ def training_arguments(
 ) -> Any:
     from transformers import TrainingArguments
 
+    return TrainingArguments(**training_kwargs(cfg, run_dir, precision, layout, has_val, resuming))
+
+
+def training_kwargs(
+    cfg: ProjectConfig, run_dir: Path, precision: str, layout: str, has_val: bool, resuming: bool = False
+) -> dict[str, Any]:
+    """TrainingArguments' settings for a run (a TRL trainer's config takes the same ones plus its own)."""
     t = cfg.train
     # Trainer's own save/eval schedule; best-checkpoint saves are forced by BestAndEarlyStop.
-    return TrainingArguments(
+    return dict(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -485,19 +497,14 @@ def train(
     precision, why = choose_precision(cfg.train.precision, model, probe)
     console.note(f"precision {precision} ({why}); batches {layout.layout} ({layout.reason})")
     cfg, budget = budget_steps(cfg, resume, model, collator, train_items, val_items, precision, token_loss)
-    run_dir, resume_from = (run_dir, None) if run_dir is not None and resume is None else _run_dir(cfg, resume)
+    run_dir, resume_from = (run_dir, None) if run_dir is not None and resume is None else run_folder(cfg, resume)
     console.note(f"model type {base_type or 'unknown'}; run folder {run_dir}")
 
     if rank0 and resume_from is None:
-        cfg.save_resolved(run_dir)
-        (run_dir / "data-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         used = {e.id for e in train_examples} if cfg.train.examples is not None else None
-        registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir), used)
-        runs.record_environment(run_dir, cfg.root)
-        runs.write_base_model(cfg, run_dir)
-        registry.record(cfg, run_dir)
+        record_start(cfg, run_dir, manifest, used)
     checkpoints = run_dir / "checkpoints"
-    needed = _checkpoint_bytes(model, params.trainable, cfg.method.name)
+    needed = checkpoint_bytes(model, params.trainable, cfg.method.name)
     metrics_file = MetricsFile(run_dir / runs.METRICS)
     if rank0:
         checkpoint.remove_incomplete(checkpoints)
@@ -552,7 +559,7 @@ def train(
     early = not stopped and state.global_step < state.max_steps
     status = "stopped" if stopped else ("early_stopped" if early else "completed")
     try:
-        final_dir = None if stopped else _save_final(trainer, tokenizer, run_dir, state)
+        final_dir = None if stopped else save_final(trainer, tokenizer, run_dir, state)
     except OSError as e:
         if not checkpoint.is_disk_full(e):
             raise
@@ -593,7 +600,19 @@ def train(
     return TrainResult(run_dir, status, state.global_step, final_dir, summary)
 
 
-def _run_dir(cfg: ProjectConfig, resume: Path | None) -> tuple[Path, Path | None]:
+def record_start(cfg: ProjectConfig, run_dir: Path, manifest: dict, used: set[str] | None) -> None:
+    """What a new run folder records before training: config, data hashes, environment, base model, registry row."""
+    from tuneloop import registry, runs
+
+    cfg.save_resolved(run_dir)
+    (run_dir / "data-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir), used)
+    runs.record_environment(run_dir, cfg.root)
+    runs.write_base_model(cfg, run_dir)
+    registry.record(cfg, run_dir)
+
+
+def run_folder(cfg: ProjectConfig, resume: Path | None) -> tuple[Path, Path | None]:
     """(run folder, checkpoint to resume from or None)."""
     from tuneloop import runs
     from tuneloop.models import refuse_pickled_weights
@@ -625,15 +644,17 @@ def _shared_run_dir(cfg: ProjectConfig) -> Path:
     return Path(name[0])
 
 
-def _checkpoint_bytes(model: Any, trainable: int, method: str) -> int:
+def checkpoint_bytes(model: Any, trainable: int, method: str) -> int:
     """Rough size of one checkpoint: saved weights plus AdamW's two moments per trainable parameter."""
     weights = trainable * 4 if method != "full" else sum(p.numel() * p.element_size() for p in model.parameters())
     return weights + trainable * 8 + 1_000_000
 
 
-def _save_final(trainer: Any, tokenizer: Any, run_dir: Path, state: Any) -> Path:
+def save_final(trainer: Any, tokenizer: Any, run_dir: Path, state: Any, merge: bool = False) -> Path:
     """final/: the best checkpoint's weights when evaluations ran, else the last step's; with the tokenizer.
 
+    `merge` folds a LoRA-family adapter into its weights first, so final/ is a whole model (for an adapter
+    trained on top of another run's model, which the configured base alone would not reproduce).
     Called on every rank: under FSDP or DeepSpeed, saving gathers shards from all of them.
     """
     best = state.best_global_step
@@ -644,7 +665,12 @@ def _save_final(trainer: Any, tokenizer: Any, run_dir: Path, state: Any) -> Path
     if trainer.args.should_save:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # safetensors; only the main process writes
+    if merge:
+        if trainer.args.should_save:
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(str(tmp), safe_serialization=True)
+    else:
+        trainer.save_model(str(tmp))  # safetensors; only the main process writes
     if trainer.args.should_save:
         tokenizer.save_pretrained(str(tmp))  # carries the chat template used in training
         step = best if best and state.best_model_checkpoint else state.global_step
