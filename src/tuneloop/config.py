@@ -24,6 +24,7 @@ from pydantic import (
 
 from tuneloop import config_rules
 from tuneloop.config_classify import CLASS_WEIGHTS_HELP, ClassifyConfig, ClassWeights, check_class_weights
+from tuneloop.config_grpo import GrpoConfig
 from tuneloop.config_monitor import MonitorConfig
 from tuneloop.config_review import ReviewConfig
 from tuneloop.config_yaml import Section, apply_override, describe, parse_yaml
@@ -39,7 +40,7 @@ DEFAULT_PHONE_REGIONS = config_rules.DEFAULT_PHONE_REGIONS  # where national-for
 DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 
 TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
-MethodName = Literal["full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning", "features", "last_k"]
+MethodName = Literal["full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning", "features", "last_k", "grpo"]
 DataFormat = Literal[
     "auto",
     "prompt_completion",
@@ -80,6 +81,7 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {
     "prefix_tuning": 1e-2,
     "features": 1e-3,  # classification: a fresh head on a frozen encoder
     "last_k": 1e-4,
+    "grpo": 2e-5,  # a policy that already answers is nudged, not taught (method.grpo)
 }
 
 _USER_METRIC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -335,6 +337,7 @@ class MethodConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
 
 
 class TrainConfig(_Section):

@@ -172,6 +172,10 @@ def train_stage(
         from tuneloop.train import classify
 
         train = classify.train  # keeps no checkpoints: an interrupted classifier starts again
+    if cfg.method.name == "grpo":
+        from tuneloop.train import grpo
+
+        train = grpo.train
     key = train_key(cfg, manifest)
     run_dir = find_run(cfg, key)
     if run_dir is not None and _finished(run_dir):

@@ -33,6 +33,9 @@ def train(
     target = None
     if resume or run is not None:
         target = run if run is not None else runs.latest_run(cfg)
+    if cfg.method.name == "grpo":
+        _train_grpo(cfg, target)
+        return
     result = run_training(cfg, resume=target, evaluator=training_evaluator, higher_is_better=higher_is_better)
     s = result.summary
     session = s["this_session"]
@@ -86,3 +89,30 @@ def _train_classifier(cfg: config.ProjectConfig, resume: bool) -> None:
         lines.append(f"best      {s['best']['metric']} {s['best']['value']:.4f} at step {s['best']['step']}")
     lines.append(f"final     {result.final_dir}")
     console.out.print("\n".join(lines), markup=False)
+
+
+def _train_grpo(cfg: config.ProjectConfig, resume: Path | None) -> None:
+    """method.name grpo: the GRPO recipe (train/grpo.py), and its own summary lines."""
+    from tuneloop import console
+    from tuneloop.train.grpo import train as train_grpo
+
+    result = train_grpo(cfg, resume=resume)
+    s = result.summary
+    last = s["last"]
+    lines = [
+        f"run       {result.run_dir}",
+        f"status    {result.status} at step {result.steps}/{s['max_steps']} in {s['this_session']['seconds']:.0f}s",
+        f"method    grpo ({s['adapter']}): {s['parameters']['trainable']:,} of {s['parameters']['total']:,} "
+        f"parameters trained; rewards {', '.join(s['rewards'])}",
+    ]
+    if "reward" in last:
+        shown = [f"reward {last['reward']:.4f}"]
+        shown += [f"KL {last['kl']:.4f}"] if "kl" in last else []
+        length = last.get("completions/mean_length")
+        shown += [f"answer length {length:.1f} tokens"] if length is not None else []
+        lines.append("last      " + ", ".join(shown))
+    if result.final_dir:
+        lines.append(f"final     {result.final_dir}")
+    console.out.print("\n".join(lines), markup=False)
+    if result.status == "stopped":
+        raise typer.Exit(EXIT_CODES.get(s.get("signal") or "", 1))
