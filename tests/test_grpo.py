@@ -169,7 +169,7 @@ def test_prompts_are_rendered_by_the_shared_renderer(tmp_path, tiny_llama):
     renderer = Renderer(tokenizer)
     for example, row in zip(examples, rows, strict=True):
         ids = renderer.prompt_ids(example.messages[:-1])
-        assert tokenizer(row["prompt"])["input_ids"] == ids  # what TRL tokenizes is what the renderer made
+        assert tokenizer(text=[row["prompt"]])["input_ids"][0] == ids  # what TRL tokenizes is the renderer's
         assert row["reference"] == example.messages[-1]["content"] and row["id"] == example.id
 
 
@@ -218,3 +218,43 @@ def test_user_rewards_take_two_or_three_arguments(tmp_path):
         rewards.load("user_rewards_h:bad", root=tmp_path)("q", "x", None)
     with pytest.raises(UserError, match="has no function 'missing'"):
         rewards.load("user_rewards_h:missing", root=tmp_path)
+
+
+def test_a_tokenizer_that_does_not_round_trip_the_rendered_prompt_is_refused(tmp_path, tiny_llama):
+    from tuneloop import config
+    from tuneloop.data.prepared import load_split
+    from tuneloop.models import load_causal_lm
+    from tuneloop.train.grpo import prompt_rows
+
+    cfg = config.load(grpo_project(tmp_path, tiny_llama, "vowels_i"))
+    examples, _ = load_split(cfg, "train")
+    _, tokenizer = load_causal_lm(str(tiny_llama))
+
+    class AddsAToken(type(tokenizer)):  # as a tokenizer that puts a BOS before any text it is given
+        def __call__(self, *args, **kwargs):
+            encoded = super().__call__(*args, **kwargs)
+            if "text" in kwargs:  # how GRPOTrainer calls it; the renderer's own calls stay as they were
+                encoded["input_ids"] = [[0, *ids] for ids in encoded["input_ids"]]
+            return encoded
+
+    tokenizer.__class__ = AddsAToken
+    with pytest.raises(UserError, match="does not tokenize back to the renderer's ids"):
+        prompt_rows(examples, tokenizer, 256)
+
+
+def test_grpo_starts_from_an_sft_run_which_is_its_kl_reference(tmp_path, tiny_llama):
+    from tuneloop import config, runs
+    from tuneloop.train import grpo, sft
+
+    path = grpo_project(tmp_path, tiny_llama, "vowels_j", steps=3)
+    sft_run = sft.train(config.load(path, ["train.learning_rate=0.05"])).run_dir
+    cfg = grpo_config(path, "vowels_j", f"method.grpo.start={sft_run}", "method.grpo.adapter=lora")
+    result = grpo.train(cfg)
+    # Step 1's KL is 0 only if the reference is the policy's start, the SFT model (the base would differ).
+    assert logged(result.run_dir, "kl")[0] == 0.0
+    assert not (result.final_dir / "adapter_config.json").exists()  # the whole model: SFT and GRPO folded in
+    tuned, _ = runs.load_final(cfg, result.run_dir)
+    started, _ = runs.load_final(cfg, sft_run)
+    assert tuned.num_parameters() == runs.merged_for_inference(started).num_parameters()
+    with pytest.raises(UserError, match="needs adapter lora or dora"):
+        grpo_config(path, "vowels_j", f"method.grpo.start={sft_run}")  # adapter full

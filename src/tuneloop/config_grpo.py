@@ -54,6 +54,12 @@ class GrpoConfig(Section):
         description="Which weights train: lora or dora (method.lora settings; the reference is the model with "
         "the adapter off), or full (a frozen copy of the model is the reference).",
     )
+    start: str | None = Field(
+        default=None,
+        description="A run folder (usually an SFT run of this project) whose final model is the starting point and "
+        "the KL reference; its adapter is folded into the base first, and final/ is then a whole model. "
+        "Empty: the base model (model.name).",
+    )
     num_generations: int = Field(default=4, ge=2, description="Answers sampled per prompt (the group, K).")
     max_completion_length: int = Field(default=128, ge=1, description="Longest sampled answer, in tokens.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the answers.")
@@ -64,6 +70,13 @@ class GrpoConfig(Section):
     )
     max_chars: int = Field(default=512, ge=1, description="The length reward's allowance, in characters.")
     guard: GrpoGuardConfig = Field(default_factory=GrpoGuardConfig)
+
+    @model_validator(mode="after")
+    def _start_needs_an_adapter(self) -> GrpoConfig:
+        if self.start and self.adapter == "full":
+            # TRL builds a full run's reference from the model's config path: the base, not the start run.
+            raise ValueError("method.grpo.start needs adapter lora or dora (the adapter-off model is the start run)")
+        return self
 
     @model_validator(mode="after")
     def _weights_match(self) -> GrpoConfig:

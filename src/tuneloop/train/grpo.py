@@ -75,7 +75,7 @@ def prompt_rows(examples: list[Example], tokenizer: Any, max_length: int) -> lis
             too_long += 1
             continue
         text = tokenizer.decode(ids, skip_special_tokens=False)
-        if tokenizer(text)["input_ids"] != ids and len(skew) < 3:
+        if tokenizer(text=[text])["input_ids"][0] != ids and len(skew) < 3:  # as GRPOTrainer tokenizes it
             skew.append(ex.id)
         user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         rows.append({"prompt": text, "user": user, "reference": ex.messages[last]["content"], "id": ex.id})
@@ -237,6 +237,27 @@ def first_length(metrics_path: Path) -> float | None:
     return None
 
 
+def start_model(cfg: ProjectConfig, start: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of the start run's final/, its adapter folded in: GRPO's policy and reference."""
+    import yaml
+
+    from tuneloop import runs
+
+    saved = start / RESOLVED_FILENAME
+    if not saved.is_file():
+        raise UserError(f"method.grpo.start {start} is not a run folder (no {RESOLVED_FILENAME}); give a run's folder")
+    base = (yaml.safe_load(saved.read_text()) or {}).get("model", {}).get("name")
+    if base != cfg.model.name:
+        raise UserError(
+            f"method.grpo.start {start} was trained on {base!r}, not on this project's model {cfg.model.name!r}"
+        )
+    console.note(f"starting from {start / 'final'} (its adapter folded into the base)")
+    model, tokenizer = runs.load_final(cfg, start)
+    model = runs.merged_for_inference(model)
+    model.config.use_cache = False
+    return model.float(), tokenizer
+
+
 # --------------------------------------------------------------------------- 4. the trainer
 
 
@@ -329,7 +350,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
     reward_funcs = load_rewards(cfg, watcher)  # before the model loads: a reward that cannot load fails fast
     adapted = cfg.model_copy(deep=True)  # the adapter decides how the model loads and wraps, as method.name does
     adapted.method.name = settings.adapter
-    model, tokenizer = load_model(adapted)
+    model, tokenizer = start_model(cfg, Path(cfg.path(settings.start))) if settings.start else load_model(adapted)
     check_template(manifest, tokenizer)
     rows = prompt_rows(examples, tokenizer, cfg.data.max_length)
 
@@ -385,7 +406,8 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
 
     stopped = stop.signal is not None
     status = "guard_stopped" if guard.stop else "stopped" if stopped else "completed"
-    final_dir = None if stopped or guard.stop else save_final(trainer, tokenizer, run_dir, state)
+    merge = settings.start is not None  # an adapter on another run's model: final/ is the whole model
+    final_dir = None if stopped or guard.stop else save_final(trainer, tokenizer, run_dir, state, merge=merge)
     summary = {
         "status": status,
         "steps": state.global_step,
