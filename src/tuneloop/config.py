@@ -26,6 +26,7 @@ from tuneloop import config_rules
 from tuneloop.config_classify import CLASS_WEIGHTS_HELP, ClassifyConfig, ClassWeights, check_class_weights
 from tuneloop.config_grpo import GrpoConfig
 from tuneloop.config_monitor import MonitorConfig
+from tuneloop.config_preference import PreferenceConfig, default_learning_rate
 from tuneloop.config_review import ReviewConfig
 from tuneloop.config_yaml import Section, apply_override, describe, parse_yaml
 from tuneloop.errors import UserError
@@ -40,7 +41,10 @@ DEFAULT_PHONE_REGIONS = config_rules.DEFAULT_PHONE_REGIONS  # where national-for
 DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 
 TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
-MethodName = Literal["full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning", "features", "last_k", "grpo"]
+MethodName = Literal[
+    "full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning", "features", "last_k", "grpo", "dpo", "ipo",
+    "reward",
+]
 DataFormat = Literal[
     "auto",
     "prompt_completion",
@@ -332,12 +336,13 @@ class MethodConfig(_Section):
     name: MethodName = Field(
         default="lora",
         description="full, lora, qlora, dora, prompt_tuning or prefix_tuning; classification: features, last_k, lora "
-        "or full.",
+        "or full; preference: dpo, ipo or reward (the default for task.type preference is dpo).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
 
 
 class TrainConfig(_Section):
@@ -564,17 +569,22 @@ class ProjectConfig(_Section):
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preference_method(cls, value: Any) -> Any:
+        return config_rules.preference_default_method(value)
+
     @model_validator(mode="after")
     def _method_defaults(self) -> ProjectConfig:
         if self.train.learning_rate is None:
-            self.train.learning_rate = DEFAULT_LEARNING_RATE[self.method.name]
+            self.train.learning_rate = default_learning_rate(self.method) or DEFAULT_LEARNING_RATE[self.method.name]
         return self
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> ProjectConfig:
         """Metrics it cannot compute, shares beside your own files: fail now, not after training or generation."""
         problems = config_rules.shares_beside_own_files(self.data) + config_rules.unmeasured_train_metric(self, METRICS)
-        problems += config_rules.classification_strategy(self)
+        problems += config_rules.classification_strategy(self) + config_rules.preference_method(self)
         config_rules.raise_located(problems + config_rules.uncomputable_metrics(self), "ProjectConfig")
         return self
 

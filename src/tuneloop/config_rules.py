@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from tuneloop.config_preference import PREFERENCE_METHODS, PREFERENCE_TRAIN_METRICS
+
 Problem = tuple[tuple[str, ...], str, Any]  # (key path, what is wrong and what to do, the value)
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
 CLASSIFIER_TRAIN_METRICS = ("loss", "accuracy", "f1")  # f1: macro over the classes
@@ -85,6 +87,8 @@ def unmeasured_train_metric(cfg: Any, known: tuple[str, ...]) -> list[Problem]:
     measured = ["loss", "token_accuracy", *train.eval_metrics] + (["general_perplexity"] * train.track_forgetting)
     if cfg.task.type == "classification":
         measured = list(CLASSIFIER_TRAIN_METRICS)  # a classifier's validation pass measures these
+    if cfg.method.name in PREFERENCE_TRAIN_METRICS:
+        measured = list(PREFERENCE_TRAIN_METRICS[cfg.method.name])
     if train.metric in measured:
         return []
     close = difflib.get_close_matches(train.metric, [*measured, *known, "general_perplexity"], n=1)
@@ -143,4 +147,51 @@ def classification_strategy(cfg: Any) -> list[Problem]:
     if task == "classification" and cfg.train.eval_metrics:
         why = "a classifier measures loss, accuracy and macro f1 at every validation pass; drop train.eval_metrics"
         problems.append((("train", "eval_metrics"), why, cfg.train.eval_metrics))
+    return problems
+
+
+def preference_default_method(data: Any) -> Any:
+    """The raw config with method.name dpo for a preference task that names no method (lora is everyone else's)."""
+    if not isinstance(data, dict) or not isinstance(data.get("task"), dict):
+        return data
+    if data["task"].get("type") != "preference":
+        return data
+    method = data.get("method")
+    if method is None:
+        return {**data, "method": {"name": "dpo"}}
+    if isinstance(method, dict) and "name" not in method:
+        return {**data, "method": {**method, "name": "dpo"}}
+    return data
+
+
+def preference_method(cfg: Any) -> list[Problem]:
+    """Preference methods train on preference pairs, and preference pairs train only with them."""
+    problems: list[Problem] = []
+    method, task = cfg.method.name, cfg.task.type
+    names = ", ".join(PREFERENCE_METHODS)
+    if task == "preference" and method not in PREFERENCE_METHODS:
+        why = f"a preference task trains on chosen/rejected pairs with method.name {names}, not {method}"
+        problems.append((("method", "name"), why, method))
+    if method in PREFERENCE_METHODS and task != "preference":
+        why = f"method.name {method} trains on preference pairs: set task.type: preference, or use lora or full"
+        problems.append((("method", "name"), why, method))
+    if method in PREFERENCE_METHODS and cfg.data.format not in ("auto", "preference", "ranked"):
+        why = f"method.name {method} reads preference or ranked records, not {cfg.data.format}"
+        problems.append((("data", "format"), why, cfg.data.format))
+    if method in PREFERENCE_METHODS and (cfg.train.eval_metrics or cfg.train.track_forgetting):
+        key = "eval_metrics" if cfg.train.eval_metrics else "track_forgetting"
+        why = (
+            f"method.name {method} measures its preference metrics at every validation pass; generated-answer metrics "
+            f"and forgetting are measured by `tuneloop eval`: drop train.{key}"
+        )
+        problems.append((("train", key), why, getattr(cfg.train, key)))
+    if method in PREFERENCE_METHODS and cfg.train.time_budget is not None:
+        why = f"method.name {method} does not size its run by time yet: set train.max_steps or train.epochs instead"
+        problems.append((("train", "time_budget"), why, cfg.train.time_budget))
+    if method == "reward" and cfg.method.preference.start is not None:
+        why = (
+            "a reward model starts from model.name (a new score head on it); to start from a tuned run, export it "
+            "(`tuneloop export`) and set model.name to the exported folder"
+        )
+        problems.append((("method", "preference", "start"), why, cfg.method.preference.start))
     return problems

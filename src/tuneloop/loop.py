@@ -176,6 +176,10 @@ def train_stage(
         from tuneloop.train import grpo
 
         train = grpo.train
+    if cfg.task.type == "preference":
+        from tuneloop.train import preference
+
+        train = preference.train
     key = train_key(cfg, manifest)
     run_dir = find_run(cfg, key)
     if run_dir is not None and _finished(run_dir):
@@ -237,6 +241,8 @@ def eval_stage(
 
     if cfg.task.type == "classification":
         from tuneloop.evaluate.classify import evaluate
+    if cfg.task.type == "preference":
+        from tuneloop.evaluate.preference import evaluate
     out = run_dir / "eval"
     key = eval_key(cfg, trained_key, manifest)
     if not manifest.get("splits", {}).get("test", {}).get("rows"):

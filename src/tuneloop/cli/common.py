@@ -49,3 +49,14 @@ def refuse_classification(cfg: config.ProjectConfig, command: str) -> None:
             f"`tuneloop {command}` works on generative tasks; it does not take task.type classification yet. "
             "Train a classifier with `tuneloop data prepare` then `tuneloop train`"
         )
+
+
+def refuse_preference(cfg: config.ProjectConfig, command: str) -> None:
+    """Commands that vary SFT runs say so for a preference task, instead of failing inside."""
+    if cfg.task.type == "preference":
+        from tuneloop.errors import UserError
+
+        raise UserError(
+            f"`tuneloop {command}` does not take task.type preference yet; run `tuneloop train` and `tuneloop eval` "
+            "(or `tuneloop run`) for each setting"
+        )

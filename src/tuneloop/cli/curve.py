@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification
+from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification, refuse_preference
 
 
 def curve(
@@ -28,6 +28,7 @@ def curve(
     cfg = load_config(config_path, overrides)
 
     refuse_classification(cfg, "curve")
+    refuse_preference(cfg, "curve")
     result = run_curve(cfg, parse_sizes(sizes), out)
     if result.reused:
         console.note("every point and the evaluation were reused (inputs unchanged)")

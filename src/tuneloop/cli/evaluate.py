@@ -51,6 +51,10 @@ def evaluate(
         if limit:
             cfg = config.derive(cfg, [f"eval.max_examples={limit}"])
         result = evaluate_classifier(cfg, run_dirs, private=private, out_dir=out)
+    elif cfg.task.type == "preference":
+        from tuneloop.evaluate.preference import evaluate as evaluate_preference
+
+        result = evaluate_preference(cfg, run_dirs, private=private, out_dir=out, limit=limit)
     else:
         result = run_eval(cfg, run_dirs, private=private, out_dir=out, limit=limit)
     print_report(result.report, result.out_dir)

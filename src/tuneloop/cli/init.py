@@ -51,6 +51,7 @@ def init(
         "objective": objective.replace("\\", "\\\\").replace('"', '\\"'),
         "metrics": ", ".join(config.DEFAULT_METRICS[task]),
         "model": model,
+        "method": "dpo" if task == "preference" else "lora",
     }
     outputs = {
         "tuneloop.yaml": (templates / "tuneloop.yaml").read_text(encoding="utf-8").format(**values),

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tuneloop import config
-from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification
+from tuneloop.cli.common import ConfigOption, SetOption, load_config, refuse_classification, refuse_preference
 
 
 def sweep(
@@ -38,6 +38,7 @@ def sweep(
     cfg = load_config(config_path, overrides)
 
     refuse_classification(cfg, "sweep")
+    refuse_preference(cfg, "sweep")
     result = run_sweep(cfg, load_spec(spec_path), out)
     keys = list(result.trials[0]["params"]) if result.trials else []
     table = Table(title=f"{result.strategy} sweep, ranked on validation {result.metric}", title_justify="left")

@@ -20,15 +20,33 @@ def train(
     run: Annotated[
         Path | None, typer.Option("--run", help="The run folder to resume (default: the newest under output.dir).")
     ] = None,
+    start: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Preference tuning: start from this run's final model (e.g. an SFT run), which is also the "
+            "reference; sets method.preference.start.",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune the model on data/prepared; writes runs/<id>/ with checkpoints, metrics, loss.png and final/."""
     from tuneloop import console, runs
     from tuneloop.evaluate.runner import higher_is_better, training_evaluator
     from tuneloop.train.sft import train as run_training
 
+    overrides = list(overrides or [])
+    if start is not None:
+        overrides.append(f"method.preference.start={start.resolve()}")
     cfg = load_config(config_path, overrides)
+    if start is not None and cfg.task.type != "preference":
+        from tuneloop.errors import UserError
+
+        raise UserError("--from starts preference tuning from a run; this project is not task.type: preference")
     if cfg.task.type == "classification":
         _train_classifier(cfg, resume or run is not None)
+        return
+    if cfg.task.type == "preference":
+        _train_preference(cfg, resume, run)
         return
     target = None
     if resume or run is not None:
@@ -111,6 +129,36 @@ def _train_grpo(cfg: config.ProjectConfig, resume: Path | None) -> None:
         length = last.get("completions/mean_length")
         shown += [f"answer length {length:.1f} tokens"] if length is not None else []
         lines.append("last      " + ", ".join(shown))
+    if result.final_dir:
+        lines.append(f"final     {result.final_dir}")
+    console.out.print("\n".join(lines), markup=False)
+    if result.status == "stopped":
+        raise typer.Exit(EXIT_CODES.get(s.get("signal") or "", 1))
+
+
+def _train_preference(cfg: config.ProjectConfig, resume: bool, run: Path | None) -> None:
+    """task.type preference: the preference recipe (train/preference.py), and its own summary lines."""
+    from tuneloop import console, runs
+    from tuneloop.train.preference import train as train_preference
+
+    target = None
+    if resume or run is not None:
+        target = run if run is not None else runs.latest_run(cfg)
+    result = train_preference(cfg, resume=target)
+    s = result.summary
+    lines = [
+        f"run       {result.run_dir}",
+        f"status    {result.status} at step {result.steps}/{s['max_steps']} in {s['this_session']['seconds']:.0f}s",
+        f"method    {s['method']} ({s['adapter']}): {s['parameters']['trainable']:,} of "
+        f"{s['parameters']['total']:,} parameters trained, precision {s['precision']['chosen']}",
+        f"pairs     {s['examples']['train_pairs']:,} train, {s['examples']['val_pairs']:,} validation",
+    ]
+    val = s.get("validation") or {}
+    accuracy = val.get("pair_accuracy", val.get("reward_accuracy"))
+    if accuracy is not None:
+        what = "pair accuracy" if "pair_accuracy" in val else "implicit-reward accuracy"
+        margin = f", reward margin {val['reward_margin']:.4f}" if "reward_margin" in val else ""
+        lines.append(f"val       {what} {accuracy:.1%}{margin} (step {val['step']})")
     if result.final_dir:
         lines.append(f"final     {result.final_dir}")
     console.out.print("\n".join(lines), markup=False)

@@ -397,30 +397,79 @@ def to_example(value: Any, fmt: str, example_id: str, labels: frozenset[str] | N
             raise RowError(f"unknown label '{label}'; known labels: {', '.join(sorted(labels))}")
         return Example(example_id, kind, text=_text(value, "text"), label=label)
     if fmt == "preference":
-        prompt = _prompt(value["prompt"])
-        if prompt[-1]["role"] != "user":
-            raise RowError("the prompt must end with a user turn")
-        return Example(
+        example = Example(
             example_id,
             kind,
-            messages=prompt,
+            messages=_preference_prompt(value["prompt"]),
             chosen=_answer(value, "chosen"),
             rejected=_answer(value, "rejected"),
         )
+        check_distinct(example)
+        return example
     if fmt == "ranked":
-        prompt = _prompt(value["prompt"])
+        prompt = _preference_prompt(value["prompt"])
         responses = value["responses"]
         if not isinstance(responses, list) or len(responses) < 2:
             raise RowError("field 'responses' must be a list of at least 2 strings")
-        texts = [_text({"responses": r}, "responses") for r in responses]
-        ranking = value["ranking"]
-        ok = isinstance(ranking, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ranking)
-        if not ok or sorted(ranking) != list(range(len(texts))):
-            raise RowError(
-                f"field 'ranking' must list each response index 0..{len(texts) - 1} once, best first; got {ranking!r}"
-            )
-        return Example(example_id, kind, messages=prompt, responses=texts, ranking=ranking)
+        texts = [_string(r, f"responses[{i}]") for i, r in enumerate(responses)]
+        example = Example(example_id, kind, messages=prompt, responses=texts, ranking=_ranking(value["ranking"], texts))
+        check_distinct(example)
+        return example
     raise RowError(f"unknown format {fmt}")
+
+
+def _preference_prompt(prompt: Any) -> list[dict[str, Any]]:
+    messages = _prompt(prompt)
+    if messages[-1]["role"] != "user":
+        raise RowError("the prompt must end with a user turn: the answers being compared reply to it")
+    return messages
+
+
+def _ranking(ranking: Any, texts: list[str]) -> list[int]:
+    """Every response index exactly once, best first: a tie or a missing entry leaves the order undefined."""
+    n = len(texts)
+    if not isinstance(ranking, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ranking):
+        raise RowError(
+            f"field 'ranking' must be a list of response indexes 0..{n - 1}, best first (ties are not allowed); "
+            f"got {ranking!r}"
+        )
+    repeated = sorted({i for i in ranking if ranking.count(i) > 1})
+    if repeated:
+        raise RowError(
+            f"field 'ranking' lists response {', '.join(map(str, repeated))} more than once; a ranking orders every "
+            "response once, best first, without ties"
+        )
+    outside = [i for i in ranking if not 0 <= i < n]
+    if outside:
+        raise RowError(f"field 'ranking' names response {outside[0]}, but there are {n} responses (0..{n - 1})")
+    missing = [i for i in range(n) if i not in ranking]
+    if missing:
+        raise RowError(
+            f"field 'ranking' leaves out response {', '.join(map(str, missing))}; rank every response, best first"
+        )
+    return ranking
+
+
+def _same(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def check_distinct(example: Example) -> None:
+    """A preference pair, or a ranking, must compare different answers: the same text on both sides prefers nothing.
+
+    Called when a record is read and again after cleaning and redaction, which can make two answers equal.
+    """
+    if example.kind == "preference" and _same(example.chosen or "", example.rejected or ""):
+        raise RowError("chosen and rejected are the same answer, so the pair prefers nothing; fix one side or drop it")
+    if example.kind == "ranked":
+        texts = example.responses or []
+        for i, a in enumerate(texts):
+            for j in range(i + 1, len(texts)):
+                if _same(a, texts[j]):
+                    raise RowError(
+                        f"responses[{i}] and responses[{j}] are the same answer ranked apart, which is a tie; "
+                        "keep one of them"
+                    )
 
 
 def _keys(fmt: str) -> str:

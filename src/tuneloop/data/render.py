@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneloop.data.chat_templates import choices, find_end_of_turn, special_tokens
-from tuneloop.data.formats import Example, RowError
+from tuneloop.data.formats import Example, RowError, check_distinct
 
 # What trains each non-SFT kind; `tuneloop train` (supervised fine-tuning) refuses them with this.
 TRAINED_BY = {
-    "preference": "preference tuning (DPO, or a reward model), which tuneloop does not offer yet",
-    "ranked": "reward-model or listwise preference tuning, which tuneloop does not offer yet",
+    "preference": "preference tuning: method.name dpo or ipo, or reward for a reward model",
+    "ranked": "preference tuning (each ranking becomes its better-worse pairs): method.name dpo or ipo, or reward",
     "classification": "a classifier (task.type: classification, with an encoder such as minilm-l6)",
 }
 NO_TEMPLATE = (
@@ -117,6 +117,7 @@ class Renderer:
             messages = example.messages
         elif example.kind in ("preference", "ranked") and self.lengths_only:
             # Length accounting only: the longest answer bounds what a preference trainer will see.
+            check_distinct(example)  # cleaning or redaction may have made two answers equal
             answers = [example.chosen, example.rejected] if example.kind == "preference" else example.responses
             longest = max(answers or [""], key=len)
             messages = [*example.messages, {"role": "assistant", "content": longest}]

@@ -23,10 +23,11 @@ from tuneloop.train.guards import NonFiniteError, agreed_max
 
 
 class MetricsFile(TrainerCallback):
-    """Append every log event to metrics.jsonl (main process only)."""
+    """Append every log event to metrics.jsonl (main process only); `names` renames a library's keys to ours."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, names: dict[str, str] | None = None) -> None:
         self.path = path
+        self.names = names or {}
 
     def rewind(self, step: int) -> int:
         """Drop rows logged after `step` (a resume replays them); return how many were dropped.
@@ -49,7 +50,7 @@ class MetricsFile(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": round(time.time(), 3)}
-        row |= {k: v for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
+        row |= {self.names.get(k, k): v for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -101,7 +102,17 @@ class Progress(TrainerCallback):
             self.bar = None
 
 
-_SHOWN = ("loss", "eval_loss", "eval_token_accuracy", "eval_accuracy", "eval_f1", "learning_rate", "grad_norm")
+_SHOWN = (
+    "loss",
+    "eval_loss",
+    "eval_token_accuracy",
+    "eval_accuracy",
+    "eval_f1",
+    "eval_rewards/accuracies",
+    "eval_rewards/margins",
+    "learning_rate",
+    "grad_norm",
+)
 
 
 def _fmt(v: float) -> str:

@@ -1,0 +1,283 @@
+"""`tuneloop eval` for preference runs: preference accuracy on the test pairs, base vs tuned, with intervals.
+
+What "prefers the chosen answer" means depends on what was trained:
+- a dpo/ipo run: its implicit reward, β·(log π(y|x) − log π_ref(y|x)), of the chosen answer above the
+  rejected one's (what TRL reports as `rewards/accuracies`). π_ref is the run's starting point (the base,
+  or the run it started from). The base is that reference itself, whose implicit reward is 0 for every
+  answer: a tie on every pair, scored 0.5, which is chance by construction. The report also gives the
+  mean implicit-reward margin.
+- a reward run: its score of the chosen answer above the rejected one's. The base is the same model
+  before training: the base weights with the score head initialised from `train.seed`, as training
+  started from.
+
+Each pair scores 1 (right), 0.5 (tie) or 0 (wrong); the change against the base gets a paired bootstrap
+interval over test pairs (evaluate/compare.py). Rankings count as every better-worse pair of them.
+"""
+
+from __future__ import annotations
+
+import gc
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tuneloop import console
+from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
+from tuneloop.config_preference import PREFERENCE_METHODS
+from tuneloop.data.pairs import Pair, pairs_of, render_pairs
+from tuneloop.errors import UserError
+from tuneloop.evaluate.compare import MeanScores, bootstrap_indices, compare
+from tuneloop.evaluate.provenance import check_no_test_overlap, split_row_hashes
+from tuneloop.evaluate.runner import EvalResult, load_test, record_test_use, test_uses
+from tuneloop.runs import check_same_base
+
+BASE = "base"
+
+
+def evaluate(
+    cfg: ProjectConfig,
+    run_dirs: list[Path],
+    *,
+    private: bool = False,
+    out_dir: Path | None = None,
+    limit: int | None = None,
+) -> EvalResult:
+    """Score every test pair with the base and each run; write metrics.json, outputs.jsonl and the reports."""
+    from tuneloop import registry
+
+    examples, test_sha, source = load_test(cfg, private)
+    wrong = sorted({e.kind for e in examples if e.kind not in ("preference", "ranked")})
+    if wrong:
+        raise UserError(f"the test set holds {', '.join(wrong)} rows; a preference run is scored on preference pairs")
+    pairs = pairs_of(examples)
+    limit = limit or cfg.eval.max_examples
+    pairs = pairs[:limit] if limit else pairs
+    methods = {d.name: run_method(d) for d in run_dirs}
+    families = {"reward" if m == "reward" else "dpo" for m in methods.values()}
+    if len(families) > 1:
+        raise UserError("evaluate reward-model runs and dpo/ipo runs separately: their base and their scores differ")
+    test_hashes = None if private else split_row_hashes(cfg.path(cfg.data.prepared_dir))
+    for d in run_dirs:
+        check_same_base(cfg, d)
+        if test_hashes is not None:
+            check_no_test_overlap(d, test_hashes, len(test_hashes))
+    uses = record_test_use(cfg, test_sha, [d.name for d in run_dirs], private)
+    console.note(f"test set: {len(pairs)} pairs from the {source} (evaluated {uses} time(s) so far)")
+
+    family = families.pop()
+    margins: dict[str, np.ndarray] = {}  # per pair: the system's score of chosen minus rejected
+    if family == "reward":
+        margins[BASE] = _reward_margins(_base_reward_scorer(cfg), pairs)
+        for d in run_dirs:
+            from tuneloop.reward import load_reward_model
+
+            console.note(f"scoring with {d.name}")
+            margins[d.name] = _reward_margins(load_reward_model(d), pairs)
+            gc.collect()
+    else:
+        margins[BASE] = np.zeros(len(pairs))  # the reference's implicit reward is 0: every pair ties
+        for d in run_dirs:
+            console.note(f"scoring with {d.name}")
+            margins[d.name] = implicit_reward_margins(cfg, d, pairs)
+            gc.collect()
+
+    indices = bootstrap_indices(len(pairs), cfg.eval.bootstrap, cfg.eval.seed)
+    scores = {name: system_scores(m, family) for name, m in margins.items()}
+    comparisons = {
+        name: {metric: compare(scores[BASE][metric], s[metric], indices, cfg.eval.confidence).to_json() for metric in s}
+        for name, s in scores.items()
+        if name != BASE
+    }
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": "preference",
+        "scored_by": "reward model score" if family == "reward" else "implicit reward (policy vs reference log-ratio)",
+        "test": {
+            "source": source,
+            "sha256": test_sha,
+            "examples": len(pairs),
+            "records": len(examples),
+            "private": private,
+            "evaluations": uses,
+            "history": test_uses(cfg, test_sha),
+        },
+        "base": {"what": BASE_MEANS[family]},
+        "systems": list(margins),
+        "runs": {d.name: str(d) for d in run_dirs},
+        "metrics": {name: {m: {"value": v.value} for m, v in s.items()} for name, s in scores.items()},
+        "comparisons": comparisons,
+        "confidence": cfg.eval.confidence,
+        "bootstrap": cfg.eval.bootstrap,
+    }
+    out_dir = out_dir or (run_dirs[0] / "eval" if len(run_dirs) == 1 else _shared_out_dir(cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "outputs.jsonl").open("w", encoding="utf-8") as f:
+        for i, pair in enumerate(pairs):
+            row = {"id": pair.id, "margins": {name: round(float(m[i]), 6) for name, m in margins.items()}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_reports(out_dir, report)
+    for d in run_dirs:
+        registry.record(cfg, d)
+    return EvalResult(out_dir, report, scores)
+
+
+BASE_MEANS = {
+    "dpo": "the reference model (the runs' starting point): its implicit reward is 0 for every answer, so every "
+    "pair is a tie, scored 0.5",
+    "reward": "the base model with the score head as training initialised it (train.seed), before any training",
+}
+
+
+def run_method(run_dir: Path) -> str:
+    """The preference method a run was trained with, from its resolved config."""
+    path = run_dir / RESOLVED_FILENAME
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    method = ((saved or {}).get("method") or {}).get("name")
+    if method not in PREFERENCE_METHODS:
+        raise UserError(f"{run_dir.name} was trained with method.name {method}, not a preference method")
+    return method
+
+
+def system_scores(margins: np.ndarray, family: str) -> dict[str, MeanScores]:
+    """Per-pair scores: preference accuracy (1 right, 0.5 tie, 0 wrong), and the mean margin for dpo/ipo."""
+    right = np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))
+    scores = {"preference_accuracy": MeanScores("preference_accuracy", right)}
+    if family == "dpo":
+        scores["reward_margin"] = MeanScores("reward_margin", margins)
+    return scores
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _reward_margins(score: Any, pairs: list[Pair]) -> np.ndarray:
+    prompts = [p.prompt for p in pairs]
+    chosen = score(prompts, [p.chosen for p in pairs])
+    rejected = score(prompts, [p.rejected for p in pairs])
+    return np.array(chosen) - np.array(rejected)
+
+
+def _base_reward_scorer(cfg: ProjectConfig) -> Any:
+    import torch
+
+    from tuneloop.data.chat_templates import project_tokenizer
+    from tuneloop.models import load_sequence_classifier
+    from tuneloop.reward import scorer
+
+    torch.manual_seed(cfg.train.seed)  # the head training started from (train/preference.py seeds the same way)
+    model, _ = load_sequence_classifier(cfg.model.name, ["reward"], cfg.model.revision, cfg.model.trust_remote_code)
+    tokenizer = project_tokenizer(cfg)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return scorer(model, tokenizer, cfg.eval.batch_size)
+
+
+def implicit_reward_margins(cfg: ProjectConfig, run_dir: Path, pairs: list[Pair]) -> np.ndarray:
+    """β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] per pair, for a dpo/ipo run."""
+    from peft import PeftModel
+
+    from tuneloop import runs
+    from tuneloop.data.render import Renderer
+
+    run_cfg = yaml.safe_load((run_dir / RESOLVED_FILENAME).read_text())
+    preference = (run_cfg.get("method") or {}).get("preference") or {}
+    beta, start = float(preference.get("beta", 0.1)), preference.get("start")
+    policy, tokenizer = runs.load_final(cfg, run_dir)
+    rendered = render_pairs(Renderer(tokenizer), pairs)
+    bad = [f"{p.id}: {r}" for p, r in zip(pairs, rendered, strict=True) if not isinstance(r, dict)]
+    if bad:
+        raise UserError(
+            f"{len(bad)} test pairs cannot be rendered with {run_dir.name}'s template:\n  " + "\n  ".join(bad[:5])
+        )
+    chosen = [(r["prompt_ids"], r["chosen_ids"]) for r in rendered]
+    rejected = [(r["prompt_ids"], r["rejected_ids"]) for r in rendered]
+    batch = cfg.eval.batch_size
+    policy_c, policy_r = answer_logps(policy, chosen, batch), answer_logps(policy, rejected, batch)
+    if isinstance(policy, PeftModel) and start is None:
+        with policy.disable_adapter():  # the adapter-off model is the reference, as in training
+            ref_c, ref_r = answer_logps(policy, chosen, batch), answer_logps(policy, rejected, batch)
+    else:
+        del policy
+        gc.collect()
+        reference = _reference(cfg, run_dir, start)
+        ref_c, ref_r = answer_logps(reference, chosen, batch), answer_logps(reference, rejected, batch)
+    return beta * ((policy_c - ref_c) - (policy_r - ref_r))
+
+
+def _reference(cfg: ProjectConfig, run_dir: Path, start: str | None) -> Any:
+    """The model a dpo/ipo run started from: the base, or its start run's final model."""
+    from tuneloop import runs
+    from tuneloop.models import load_causal_lm
+
+    if start is None:
+        model, _ = load_causal_lm(cfg.model.name, "float32", cfg.model.trust_remote_code, cfg.model.revision)
+        return model
+    start_dir = cfg.path(start)
+    if not start_dir.is_dir():
+        raise UserError(f"{run_dir.name} started from {start}, which is gone; its reference cannot be rebuilt")
+    model, _ = runs.load_final(cfg, start_dir)
+    return runs.merged_for_inference(model)
+
+
+def answer_logps(model: Any, rows: list[tuple[list[int], list[int]]], batch_size: int) -> np.ndarray:
+    """Sum of the answer tokens' log-probabilities given the prompt, per (prompt ids, answer ids) row."""
+    import torch
+
+    model.eval()
+    pad = 0
+    out: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        seqs = [p + a for p, a in chunk]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        for row, (p, a) in enumerate(chunk):
+            out.append(float(logps[row, len(p) - 1 : len(p) + len(a) - 1].sum()))
+    return np.array(out, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def write_reports(out_dir: Path, report: dict[str, Any]) -> None:
+    """report.md and a self-contained report.html (every text escaped) with the comparison table."""
+    lines = [
+        f"# Preference evaluation: {report['test']['examples']} test pairs",
+        "",
+        f"Scored by {report['scored_by']}. Base: {report['base']['what']}.",
+        "",
+        f"| run | metric | base | run | change | {report['confidence']:.0%} interval | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, per in report["comparisons"].items():
+        for metric, c in per.items():
+            lines.append(
+                f"| {name} | {metric} | {c['baseline']:.4g} | {c['candidate']:.4g} | {c['delta']:+.4g} | "
+                f"[{c['ci_low']:+.3g}, {c['ci_high']:+.3g}] | {c['verdict']} |"
+            )
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell.strip())}</td>" for cell in line.strip("|").split("|")) + "</tr>"
+        for line in lines[6:]
+    )
+    head = "".join(f"<th>{html.escape(cell.strip())}</th>" for cell in lines[4].strip("|").split("|"))
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>Preference evaluation</title>"
+        f"<h1>{html.escape(lines[0][2:])}</h1><p>{html.escape(lines[2])}</p>"
+        f"<table border='1' cellpadding='4'><tr>{head}</tr>{cells}</table>"
+    )
+    (out_dir / "report.html").write_text(page, encoding="utf-8")
+
+
+def _shared_out_dir(cfg: ProjectConfig) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return cfg.path(cfg.output.dir) / "evals" / stamp
