@@ -70,6 +70,11 @@ GENERATED = [
         "examples/classification/README.md",
         {"--out": "examples/classification/data/topics.jsonl"},
     ),
+    (
+        "python examples/preference/make_data.py",
+        "examples/preference/README.md",
+        {"--out": "examples/preference/data/pairs.jsonl"},
+    ),
 ]  # fmt: skip
 
 

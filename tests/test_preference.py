@@ -116,16 +116,14 @@ def test_data_prepare_rejects_bad_pairs_at_file_line(tmp_path: Path, tiny_llama:
     assert kept == 31
 
 
-@pytest.mark.parametrize("template", ["chatml", "none"])
-@pytest.mark.parametrize("history", [False, True])
+# A model without a chat template renders a one-message prompt as plain text; it has no multi-turn prompts.
+@pytest.mark.parametrize(("template", "history"), [("chatml", False), ("chatml", True), ("none", False)])
 def test_pair_masks_equal_the_sft_renderers(template: str, history: bool):
     """The trained tokens of chosen and rejected are exactly what SFT trains for prompt + that answer."""
     from tuneloop.data.pairs import Pair, render_pairs
     from tuneloop.data.render import Renderer
     from tuneloop.tiny import make_tokenizer
 
-    if template == "none" and history:
-        pytest.skip("a model without a chat template has no multi-turn prompts")
     tokenizer = make_tokenizer(chat_template=None) if template == "none" else make_tokenizer()
     renderer = Renderer(tokenizer)
     prompt = [{"role": "user", "content": "How do I reset my password?"}]
@@ -297,7 +295,14 @@ def test_reward_losses_are_pinned(reward_run: Path):
     assert _train_losses(reward_run)[:6] == pytest.approx(PINNED_REWARD, abs=1e-5)
 
 
-PINNED_REWARD: list[float] = []
+PINNED_REWARD = [
+    0.8041523694992065,
+    0.7415225505828857,
+    0.5734120011329651,
+    0.3830662667751312,
+    0.24172715842723846,
+    0.09183317422866821,
+]
 
 
 def test_load_reward_model_refuses_other_runs(dpo_run: Path):
