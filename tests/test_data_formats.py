@@ -91,7 +91,11 @@ def test_other_formats():
             "the last message is from the user",
         ),
         ({"text": "x", "label": "refunds"}, "classification", "unknown label 'refunds'"),
-        ({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}, "ranked", "field 'ranking' must list"),
+        (
+            {"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]},
+            "ranked",
+            "field 'ranking' lists response 0 more than once",
+        ),
     ],
 )
 def test_bad_records_have_reasons(record, fmt, reason):
