@@ -125,5 +125,7 @@ def test_train_refuses_preference_rows_naming_the_method(tmp_path: Path, tiny_ll
     path = make_train_project(tmp_path, tiny_llama, rows=rows, **FAST)
     manifest = json.loads((tmp_path / "data/prepared/manifest.json").read_text())
     assert manifest["splits"]["train"]["rows"] > 0  # prepare measures them (longest answer) and keeps them
-    with pytest.raises(UserError, match=r"preference examples.*preference tuning: method.name dpo or ipo"):
+    with pytest.raises(
+        UserError, match=r"preference examples.*preference tuning: task.type preference with method.name dpo, ipo"
+    ):
         sft.train(config.load(path))

@@ -389,3 +389,81 @@ def test_sft_then_dpo_from_the_sft_run(tmp_path: Path, tiny_llama: Path, dpo_run
     assert evaluated.code == 0, evaluated.err
     report = json.loads((run / "eval" / "metrics.json").read_text())
     assert report["comparisons"][run.name]["preference_accuracy"]["candidate"] > 0.5
+
+
+# --------------------------------------------------------------------------- reference-free: simpo, orpo
+
+
+def test_cpo_and_orpo_columns_carry_the_renderers_masks():
+    """The columns CPOTrainer/ORPOTrainer read: labels train exactly the answer tokens the SFT renderer trains."""
+    from tuneloop.data.pairs import Pair, render_pairs
+    from tuneloop.data.render import Renderer
+    from tuneloop.tiny import make_tokenizer
+    from tuneloop.train.preference import sequences
+
+    renderer = Renderer(make_tokenizer())
+    pair = Pair("f:1", [{"role": "user", "content": "How do I reset my password?"}], "Go to Settings.", "No.")
+    (tokens,) = render_pairs(renderer, [pair])
+    columns = sequences(tokens)
+    for side in ("chosen", "rejected"):
+        conversation = [*pair.prompt, {"role": "assistant", "content": getattr(pair, side)}]
+        sft = renderer.render(Example("x", "chat", messages=conversation))
+        ids = columns[f"{side}_input_ids"]
+        assert sft.input_ids[: len(ids)] == ids and columns[f"{side}_attention_mask"] == [1] * len(ids)
+        trained = [i for i, label in enumerate(columns[f"{side}_labels"]) if label != -100]
+        assert trained == [i for i, w in enumerate(sft.weights) if w > 0]
+        assert [columns[f"{side}_labels"][i] for i in trained] == [ids[i] for i in trained]
+    assert columns["prompt_input_ids"] == tokens["prompt_ids"]
+
+
+@pytest.fixture(scope="module", params=["simpo", "orpo"])
+def free_run(request, tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    from tuneloop.train.preference import train
+
+    path = make_preference_project(tmp_path_factory.mktemp(request.param), tiny_llama, method=request.param)
+    return train(config.load(path)).run_dir
+
+
+def test_reference_free_methods_move_chosen_up_relative_to_rejected(free_run: Path):
+    evals = [r for r in _metrics(free_run) if "eval_loss" in r]
+    first, last = evals[0], evals[-1]
+    assert last["eval_loss"] < first["eval_loss"]
+    assert last["eval_reward_margin"] > first["eval_reward_margin"]
+    assert (
+        last["eval_logp_chosen"] - first["eval_logp_chosen"] > last["eval_logp_rejected"] - first["eval_logp_rejected"]
+    )
+    assert (free_run / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_reference_free_losses_are_pinned(free_run: Path):
+    method = json.loads((free_run / "summary.json").read_text())["method"]
+    assert _train_losses(free_run) == pytest.approx(PINNED_FREE[method], abs=1e-5)
+
+
+PINNED_FREE = {
+    "simpo": [0.9751854538917542, 0.9628468155860901, 0.9575711488723755, 0.9443097114562988, 0.9474592208862305,
+              0.945989727973938],
+    "orpo": [6.048659801483154, 5.976977348327637, 5.864131927490234, 5.85315465927124, 5.849081993103027,
+             5.841740131378174],
+}  # fmt: skip
+
+
+def test_eval_scores_reference_free_runs_like_trl(free_run: Path):
+    """Their evaluation scores the mean per-token log-probability; on the validation pairs (one batch) it gives
+    TRL's own logged mean log-probabilities, and `tuneloop eval` compares the run with its starting model."""
+    from tuneloop import runs
+    from tuneloop.data.pairs import pairs_of
+    from tuneloop.data.prepared import load_split
+    from tuneloop.evaluate.preference import evaluate, mean_logp_margins
+
+    cfg = config.load(free_run.parent.parent / "tuneloop.yaml")
+    val, _ = load_split(cfg, "val")
+    pairs = pairs_of(val)
+    assert len(pairs) <= cfg.train.batch_size
+    model, _ = runs.load_final(cfg, free_run)
+    margins = mean_logp_margins(cfg, model, pairs)
+    final = json.loads((free_run / "summary.json").read_text())["validation"]  # the weights in final/
+    assert float(margins.mean()) == pytest.approx(final["logp_chosen"] - final["logp_rejected"], rel=1e-4)
+    result = evaluate(cfg, [free_run])
+    c = result.report["comparisons"][free_run.name]
+    assert set(c) == {"preference_accuracy", "logp_margin"} and c["logp_margin"]["delta"] > 0

@@ -43,8 +43,8 @@ DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
 MethodName = Literal[
     "full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning", "features", "last_k", "grpo", "dpo", "ipo",
-    "reward",
-]
+    "simpo", "orpo", "reward",
+]  # fmt: skip
 DataFormat = Literal[
     "auto",
     "prompt_completion",
@@ -336,7 +336,7 @@ class MethodConfig(_Section):
     name: MethodName = Field(
         default="lora",
         description="full, lora, qlora, dora, prompt_tuning or prefix_tuning; classification: features, last_k, lora "
-        "or full; preference: dpo, ipo or reward (the default for task.type preference is dpo).",
+        "or full; preference: dpo, ipo, simpo, orpo or reward (the default for task.type preference is dpo).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)

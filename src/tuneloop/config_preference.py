@@ -1,7 +1,8 @@
 """The `method.preference:` section: how `task.type: preference` trains on chosen/rejected pairs.
 
 The method itself is `method.name`: `dpo` (Direct Preference Optimization, TRL's sigmoid loss),
-`ipo` (Identity Preference Optimization, TRL's `ipo` loss) or `reward` (a sequence-classification
+`ipo` (Identity Preference Optimization, TRL's `ipo` loss), the reference-free `simpo` (TRL's
+CPOTrainer with its `simpo` loss) and `orpo` (TRL's ORPOTrainer), or `reward` (a sequence-classification
 reward model trained with TRL's RewardTrainer, Bradley-Terry). See train/preference.py.
 """
 
@@ -15,11 +16,14 @@ from tuneloop.config_yaml import Section
 
 # method.name values that train on preference pairs, and TRL's DPO loss type for each DPO-family one.
 DPO_LOSSES: dict[str, str] = {"dpo": "sigmoid", "ipo": "ipo"}
-PREFERENCE_METHODS: tuple[str, ...] = (*DPO_LOSSES, "reward")
+REFERENCE_FREE: tuple[str, ...] = ("simpo", "orpo")  # no reference model: the loss reads the policy alone
+PREFERENCE_METHODS: tuple[str, ...] = (*DPO_LOSSES, *REFERENCE_FREE, "reward")
 # train.metric choices: what the preference trainers measure at every validation pass.
 PREFERENCE_TRAIN_METRICS: dict[str, tuple[str, ...]] = {
     "dpo": ("loss",),
     "ipo": ("loss",),
+    "simpo": ("loss",),
+    "orpo": ("loss",),
     "reward": ("loss", "accuracy"),
 }
 
@@ -35,13 +39,17 @@ DEFAULT_LEARNING_RATE: dict[tuple[str, str], float] = {
 
 
 class PreferenceConfig(Section):
-    """Preference tuning (method.name dpo, ipo or reward): the parts method.name does not say."""
+    """Preference tuning (method.name dpo, ipo, simpo, orpo or reward): the parts method.name does not say."""
 
     beta: float = Field(
         default=0.1,
         gt=0,
         description="dpo: how far the policy may move from the reference (the KL penalty's weight; lower moves "
-        "further). ipo: the regularisation parameter tau.",
+        "further). ipo: the regularisation parameter tau. simpo: the reward scale (its paper uses 2 to 2.5). "
+        "orpo: the odds-ratio term's weight (lambda) beside the SFT loss on the chosen answer.",
+    )
+    simpo_gamma: float = Field(
+        default=0.5, ge=0, description="simpo: the target reward margin (gamma) the chosen answer must clear."
     )
     adapter: Literal["lora", "dora", "full"] = Field(
         default="lora",
@@ -51,7 +59,8 @@ class PreferenceConfig(Section):
     start: str | None = Field(
         default=None,
         description="A run folder (usually an SFT run) whose final model is the starting point and, for dpo/ipo, the "
-        "reference; an SFT adapter is folded into the base first. Empty: the base model (model.name). "
+        "reference (simpo and orpo use none); an SFT adapter is folded into the base first. Empty: the base "
+        "model (model.name). "
         "`tuneloop train --from RUN` sets it.",
     )
 

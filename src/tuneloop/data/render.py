@@ -32,8 +32,10 @@ from tuneloop.data.formats import Example, RowError, check_distinct
 
 # What trains each non-SFT kind; `tuneloop train` (supervised fine-tuning) refuses them with this.
 TRAINED_BY = {
-    "preference": "preference tuning: method.name dpo or ipo, or reward for a reward model",
-    "ranked": "preference tuning (each ranking becomes its better-worse pairs): method.name dpo or ipo, or reward",
+    "preference": "preference tuning: task.type preference with method.name dpo, ipo, simpo or orpo, or reward for a "
+    "reward model",
+    "ranked": "preference tuning (each ranking becomes its better-worse pairs): task.type preference with method.name "
+    "dpo, ipo, simpo or orpo, or reward",
     "classification": "a classifier (task.type: classification, with an encoder such as minilm-l6)",
 }
 NO_TEMPLATE = (

@@ -6,6 +6,9 @@ What "prefers the chosen answer" means depends on what was trained:
   or the run it started from). The base is that reference itself, whose implicit reward is 0 for every
   answer: a tie on every pair, scored 0.5, which is chance by construction. The report also gives the
   mean implicit-reward margin.
+- a simpo/orpo run (no reference): its mean per-token log-probability of the chosen answer above the
+  rejected one's (SimPO's reward, up to its scale β). The base is the model the run started from, scored
+  the same way. The report also gives the mean margin.
 - a reward run: its score of the chosen answer above the rejected one's. The base is the same model
   before training: the base weights with the score head initialised from `train.seed`, as training
   started from.
@@ -28,7 +31,7 @@ import yaml
 
 from tuneloop import console
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
-from tuneloop.config_preference import PREFERENCE_METHODS
+from tuneloop.config_preference import PREFERENCE_METHODS, REFERENCE_FREE
 from tuneloop.data.pairs import Pair, pairs_of, render_pairs
 from tuneloop.errors import UserError
 from tuneloop.evaluate.compare import MeanScores, bootstrap_indices, compare
@@ -58,9 +61,11 @@ def evaluate(
     limit = limit or cfg.eval.max_examples
     pairs = pairs[:limit] if limit else pairs
     methods = {d.name: run_method(d) for d in run_dirs}
-    families = {"reward" if m == "reward" else "dpo" for m in methods.values()}
+    families = {family_of(m) for m in methods.values()}
     if len(families) > 1:
-        raise UserError("evaluate reward-model runs and dpo/ipo runs separately: their base and their scores differ")
+        raise UserError(
+            "evaluate reward-model runs, dpo/ipo runs and simpo/orpo runs separately: their bases and scores differ"
+        )
     test_hashes = None if private else split_row_hashes(cfg.path(cfg.data.prepared_dir))
     for d in run_dirs:
         check_same_base(cfg, d)
@@ -79,6 +84,17 @@ def evaluate(
             console.note(f"scoring with {d.name}")
             margins[d.name] = _reward_margins(load_reward_model(d), pairs)
             gc.collect()
+    elif family == "free":
+        starts = {start_of(d) for d in run_dirs}
+        if len(starts) > 1:
+            raise UserError("these simpo/orpo runs started from different models; evaluate each with its own base")
+        margins[BASE] = mean_logp_margins(cfg, _reference(cfg, next(iter(starts))), pairs)
+        for d in run_dirs:
+            from tuneloop import runs
+
+            console.note(f"scoring with {d.name}")
+            margins[d.name] = mean_logp_margins(cfg, runs.load_final(cfg, d)[0], pairs)
+            gc.collect()
     else:
         margins[BASE] = np.zeros(len(pairs))  # the reference's implicit reward is 0: every pair ties
         for d in run_dirs:
@@ -96,7 +112,7 @@ def evaluate(
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "task": "preference",
-        "scored_by": "reward model score" if family == "reward" else "implicit reward (policy vs reference log-ratio)",
+        "scored_by": SCORED_BY[family],
         "test": {
             "source": source,
             "sha256": test_sha,
@@ -127,11 +143,26 @@ def evaluate(
     return EvalResult(out_dir, report, scores)
 
 
+SCORED_BY = {
+    "reward": "reward model score",
+    "dpo": "implicit reward (policy vs reference log-ratio)",
+    "free": "mean per-token log-probability (SimPO's reward up to its scale)",
+}
 BASE_MEANS = {
     "dpo": "the reference model (the runs' starting point): its implicit reward is 0 for every answer, so every "
     "pair is a tie, scored 0.5",
     "reward": "the base model with the score head as training initialised it (train.seed), before any training",
+    "free": "the model the runs started from (the base, or their start run), scored the same way",
 }
+
+
+def family_of(method: str) -> str:
+    return "reward" if method == "reward" else ("free" if method in REFERENCE_FREE else "dpo")
+
+
+def start_of(run_dir: Path) -> str | None:
+    saved = yaml.safe_load((run_dir / RESOLVED_FILENAME).read_text())
+    return (((saved or {}).get("method") or {}).get("preference") or {}).get("start")
 
 
 def run_method(run_dir: Path) -> str:
@@ -150,6 +181,8 @@ def system_scores(margins: np.ndarray, family: str) -> dict[str, MeanScores]:
     scores = {"preference_accuracy": MeanScores("preference_accuracy", right)}
     if family == "dpo":
         scores["reward_margin"] = MeanScores("reward_margin", margins)
+    if family == "free":
+        scores["logp_margin"] = MeanScores("logp_margin", margins)
     return scores
 
 
@@ -188,12 +221,7 @@ def implicit_reward_margins(cfg: ProjectConfig, run_dir: Path, pairs: list[Pair]
     preference = (run_cfg.get("method") or {}).get("preference") or {}
     beta, start = float(preference.get("beta", 0.1)), preference.get("start")
     policy, tokenizer = runs.load_final(cfg, run_dir)
-    rendered = render_pairs(Renderer(tokenizer), pairs)
-    bad = [f"{p.id}: {r}" for p, r in zip(pairs, rendered, strict=True) if not isinstance(r, dict)]
-    if bad:
-        raise UserError(
-            f"{len(bad)} test pairs cannot be rendered with {run_dir.name}'s template:\n  " + "\n  ".join(bad[:5])
-        )
+    rendered = _rendered(Renderer(tokenizer), pairs, f"{run_dir.name}'s")
     chosen = [(r["prompt_ids"], r["chosen_ids"]) for r in rendered]
     rejected = [(r["prompt_ids"], r["rejected_ids"]) for r in rendered]
     batch = cfg.eval.batch_size
@@ -204,12 +232,33 @@ def implicit_reward_margins(cfg: ProjectConfig, run_dir: Path, pairs: list[Pair]
     else:
         del policy
         gc.collect()
-        reference = _reference(cfg, run_dir, start)
+        reference = _reference(cfg, start)
         ref_c, ref_r = answer_logps(reference, chosen, batch), answer_logps(reference, rejected, batch)
     return beta * ((policy_c - ref_c) - (policy_r - ref_r))
 
 
-def _reference(cfg: ProjectConfig, run_dir: Path, start: str | None) -> Any:
+def mean_logp_margins(cfg: ProjectConfig, model: Any, pairs: list[Pair]) -> np.ndarray:
+    """Mean per-token log-probability of the chosen answer minus the rejected one's, per pair."""
+    from tuneloop.data.chat_templates import project_tokenizer
+    from tuneloop.data.render import Renderer
+
+    rendered = _rendered(Renderer(project_tokenizer(cfg)), pairs, "the project's")
+    chosen = [(r["prompt_ids"], r["chosen_ids"]) for r in rendered]
+    rejected = [(r["prompt_ids"], r["rejected_ids"]) for r in rendered]
+    per_token_c = answer_logps(model, chosen, cfg.eval.batch_size) / np.array([len(a) for _, a in chosen])
+    per_token_r = answer_logps(model, rejected, cfg.eval.batch_size) / np.array([len(a) for _, a in rejected])
+    return per_token_c - per_token_r
+
+
+def _rendered(renderer: Any, pairs: list[Pair], whose: str) -> list[Any]:
+    rendered = render_pairs(renderer, pairs)
+    bad = [f"{p.id}: {r}" for p, r in zip(pairs, rendered, strict=True) if not isinstance(r, dict)]
+    if bad:
+        raise UserError(f"{len(bad)} test pairs cannot be rendered with {whose} template:\n  " + "\n  ".join(bad[:5]))
+    return rendered
+
+
+def _reference(cfg: ProjectConfig, start: str | None) -> Any:
     """The model a dpo/ipo run started from: the base, or its start run's final model."""
     from tuneloop import runs
     from tuneloop.models import load_causal_lm
@@ -219,7 +268,7 @@ def _reference(cfg: ProjectConfig, run_dir: Path, start: str | None) -> Any:
         return model
     start_dir = cfg.path(start)
     if not start_dir.is_dir():
-        raise UserError(f"{run_dir.name} started from {start}, which is gone; its reference cannot be rebuilt")
+        raise UserError(f"a run started from {start}, which is gone; the model it started from cannot be rebuilt")
     model, _ = runs.load_final(cfg, start_dir)
     return runs.merged_for_inference(model)
 

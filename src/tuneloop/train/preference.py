@@ -1,4 +1,4 @@
-"""Preference tuning: `tuneloop train` with `task.type: preference` and method.name dpo, ipo or reward.
+"""Preference tuning: `tuneloop train` with `task.type: preference` and method.name dpo, ipo, simpo, orpo or reward.
 
 The recipe, top to bottom:
 1. read the prepared preference and ranked records; a ranking becomes every better-worse pair of it;
@@ -6,12 +6,13 @@ The recipe, top to bottom:
    weighted exactly as SFT weights an assistant answer, and the prompt is what eval and serving send;
 3. load the starting model: the base, or another run's final model (`method.preference.start`, an
    SFT adapter folded in). dpo/ipo: the policy; with LoRA its adapter-off self is the reference (TRL
-   disables the adapter), with full training a frozen copy is. reward: a sequence-classification
-   head (one score) on it;
-4. train with TRL's DPOTrainer (loss `sigmoid` for dpo, `ipo` for ipo) or RewardTrainer
-   (Bradley-Terry), with tuneloop's crash-safe checkpoints, exact resume, SIGTERM stop, NaN guard,
-   best checkpoint and metrics.jsonl: TRL's reward margins, chosen/rejected log-probabilities and
-   implicit-reward accuracy on validation become `eval_reward_margin`, `eval_logp_chosen`, ...;
+   disables the adapter), with full training a frozen copy is. simpo and orpo need no reference.
+   reward: a sequence-classification head (one score) on it;
+4. train with TRL's DPOTrainer (loss `sigmoid` for dpo, `ipo` for ipo), CPOTrainer (loss `simpo`,
+   without CPO's NLL term), ORPOTrainer or RewardTrainer (Bradley-Terry), with tuneloop's crash-safe
+   checkpoints, exact resume, SIGTERM stop, NaN guard, best checkpoint and metrics.jsonl: TRL's reward
+   margins, chosen/rejected log-probabilities and implicit-reward accuracy on validation become
+   `eval_reward_margin`, `eval_logp_chosen`, ...;
 5. write final/ (an adapter on the base, or a whole model when it started from a run or is a reward
    model), loss.png and summary.json (with the validation pair accuracy of the final weights).
 
@@ -29,7 +30,7 @@ from typing import Any
 
 from tuneloop import console
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
-from tuneloop.config_preference import DPO_LOSSES
+from tuneloop.config_preference import DPO_LOSSES, REFERENCE_FREE
 from tuneloop.data.formats import Example, RowError
 from tuneloop.data.pairs import PairTokens, pairs_of, render_pairs
 from tuneloop.data.prepared import load_split
@@ -127,14 +128,28 @@ def reward_rows(items: list[PairTokens]) -> list[dict[str, Any]]:
     ]
 
 
+def sequences(row: PairTokens) -> dict[str, list[int]]:
+    """A rendered pair in the columns CPOTrainer and ORPOTrainer build in their `tokenize_row`: each side's
+    prompt + answer ids, its attention mask, and its labels (-100 on the prompt, so only the answer counts)."""
+    prompt = row["prompt_ids"]
+    out = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+    for side in ("chosen", "rejected"):
+        answer = row[f"{side}_ids"]
+        out[f"{side}_input_ids"] = prompt + answer
+        out[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
+        out[f"{side}_labels"] = [-100] * len(prompt) + answer
+    return out
+
+
 class PairCollator:
     """TRL's collator for the pairs, plus the batch's example ids (for the NaN guard's message)."""
 
-    def __init__(self, inner: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+    def __init__(self, inner: Callable[[list[dict[str, Any]]], dict[str, Any]], drop: tuple[str, ...] = ()) -> None:
         self.inner = inner
+        self.drop = {"id", *drop}
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.inner([{k: v for k, v in row.items() if k != "id"} for row in rows])
+        batch = self.inner([{k: v for k, v in row.items() if k not in self.drop} for row in rows])
         batch["example_ids"] = [row["id"] for row in rows]
         return batch
 
@@ -202,6 +217,11 @@ def make_trainer_class(method: str) -> type:
     from trl import DPOTrainer, RewardTrainer
 
     base = RewardTrainer if method == "reward" else DPOTrainer
+    if method in REFERENCE_FREE:
+        from trl.experimental.cpo import CPOTrainer
+        from trl.experimental.orpo import ORPOTrainer
+
+        base = CPOTrainer if method == "simpo" else ORPOTrainer
 
     class PreferenceTrainer(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, keep_last: int, **kwargs: Any) -> None:
@@ -219,6 +239,13 @@ def make_trainer_class(method: str) -> type:
                 # pre-tokenized pairs: its preparation would re-render the text with its own template call
                 # and tokenize prompt + answer joined, which is what the shared Renderer exists to avoid.
                 return dataset
+
+        if method in REFERENCE_FREE:
+
+            def tokenize_row(self, feature, model=None):
+                # CPOTrainer and ORPOTrainer map this over the dataset to tokenize text; the pairs arrive
+                # rendered, so it only lays the ids out in their columns.
+                return sequences(feature)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             ids = inputs.pop("example_ids", [])
@@ -249,6 +276,31 @@ def trainer_config(cfg: ProjectConfig, run_dir: Path, precision: str, has_val: b
     common["average_tokens_across_devices"] = False  # TRL's losses are means over pairs, not token sums
     if cfg.method.name == "reward":
         return RewardConfig(**common, max_length=None, disable_dropout=True)
+    preference = cfg.method.preference
+    if cfg.method.name == "simpo":
+        from trl.experimental.cpo import CPOConfig
+
+        # cpo_alpha 0: SimPO's loss alone, without CPO's NLL term on the chosen answer
+        return CPOConfig(
+            **common,
+            beta=preference.beta,
+            loss_type="simpo",
+            simpo_gamma=preference.simpo_gamma,
+            cpo_alpha=0.0,
+            max_length=cfg.data.max_length,
+            is_encoder_decoder=False,
+            disable_dropout=True,
+        )
+    if cfg.method.name == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig(
+            **common,
+            beta=preference.beta,
+            max_length=cfg.data.max_length,
+            is_encoder_decoder=False,
+            disable_dropout=True,
+        )
     return DPOConfig(
         **common,
         beta=cfg.method.preference.beta,
@@ -264,6 +316,11 @@ def collator(method: str, pad_id: int) -> PairCollator:
         from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
 
         return PairCollator(RewardCollator(pad_token_id=pad_id))
+    if method in REFERENCE_FREE:
+        from trl.experimental.utils import DPODataCollatorWithPadding
+
+        inner = DPODataCollatorWithPadding(pad_token_id=pad_id, is_encoder_decoder=False)  # labels pad with -100
+        return PairCollator(inner, drop=("prompt_ids", "chosen_ids", "rejected_ids"))
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     return PairCollator(DataCollatorForPreference(pad_token_id=pad_id))
@@ -330,7 +387,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
 
     reference = None
     peft = adapter_config(cfg, model)
-    if peft is None and method != "reward":
+    if peft is None and method in DPO_LOSSES:
         import copy
 
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # the starting point, frozen
@@ -349,7 +406,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
         BestAndEarlyStop(cfg.train.metric, cfg.train.metric != "loss", cfg.train.early_stopping_patience),
         stop,
     ]
-    extra = {} if method == "reward" else {"ref_model": reference}
+    extra = {"ref_model": reference} if method in DPO_LOSSES else {}
     torch.manual_seed(cfg.train.seed)
     trainer = make_trainer_class(method)(
         model=model,
