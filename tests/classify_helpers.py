@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-import yaml
+from tests.train_helpers import write_prepared_project
 
 TOPICS = {
     "billing": "invoice refund charge payment card price".split(),
@@ -34,12 +33,6 @@ def make_classify_project(
     root: Path, model: Path, rows: list[dict] | None = None, method: str = "full", **train: object
 ) -> Path:
     """Write data + tuneloop.yaml (task.type classification) under `root`, run `data prepare`, return the config."""
-    from tuneloop import config
-    from tuneloop.data.prepare import prepare
-
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    rows = topic_rows(180) if rows is None else rows
-    (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = {
         "max_steps": 40,
         "batch_size": 16,
@@ -59,7 +52,4 @@ def make_classify_project(
         "train": settings,
         "classify": {"last_k": 1},
     }
-    path = root / "tuneloop.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    prepare(config.load(path), workers=0)
-    return path
+    return write_prepared_project(root, topic_rows(180) if rows is None else rows, doc)

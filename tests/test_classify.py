@@ -16,7 +16,7 @@ from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.models import load_sequence_classifier
 from tuneloop.tiny import make_tiny_bert
-from tuneloop.train import classify
+from tuneloop.train import classify, classify_trainer
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ def test_class_weights_change_the_loss_as_specified():
     ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     weights = torch.tensor([1.0, 3.0, 0.5])
     expected = (weights[labels] * ce).sum() / weights[labels].sum()
-    assert classify.weighted_loss(logits, labels, weights).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert classify.weighted_loss(logits, labels, None).item() == pytest.approx(ce.mean().item(), rel=1e-6)
+    assert classify_trainer.weighted_loss(logits, labels, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert classify_trainer.weighted_loss(logits, labels, None).item() == pytest.approx(ce.mean().item(), rel=1e-6)
     # auto: n / (classes × count), over the classes train holds; a dict weighs unnamed classes 1.
     train = ["a"] * 6 + ["b"] * 2 + ["c"] * 1
     assert classify.class_weights("auto", ["a", "b", "c", "d"], train) == pytest.approx([0.5, 1.5, 3.0, 1.0])
@@ -142,7 +142,8 @@ def test_the_trainer_uses_the_class_weights_in_its_loss(tmp_path, tiny_bert):
     rows = topic_rows(40)
     cfg_path = make_classify_project(tmp_path, tiny_bert, rows=rows, max_steps=1, batch_size=64, log_every=1)
     weights = {"billing": 5.0, "tech": 0.2}
-    cfg = config.derive(config.load(cfg_path), [f"train.class_weights={json.dumps(weights)}"])
+    overrides = [f"train.class_weights={json.dumps(weights)}", "classify.warm_start=none"]  # the initial head
+    cfg = config.derive(config.load(cfg_path), overrides)
     labels = ["billing", "tech", "travel"]
     train, _ = load_split(cfg, "train")
     model, tokenizer = classify.load_classifier(cfg, labels)
@@ -151,8 +152,8 @@ def test_the_trainer_uses_the_class_weights_in_its_loss(tmp_path, tiny_bert):
     with torch.no_grad():
         logits = model(**batch).logits
     w = torch.tensor([5.0, 0.2, 1.0])
-    weighted = classify.weighted_loss(logits, target, w).item()
-    plain = classify.weighted_loss(logits, target, None).item()
+    weighted = classify_trainer.weighted_loss(logits, target, w).item()
+    plain = classify_trainer.weighted_loss(logits, target, None).item()
     assert abs(weighted - plain) > 1e-3  # the fixture must tell the two apart
     result = classify.train(cfg)
     first = next(json.loads(line) for line in (result.run_dir / "metrics.jsonl").open() if '"loss"' in line)
@@ -276,4 +277,54 @@ def test_tuneloop_train_trains_a_classifier_and_generative_commands_say_they_do_
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     refused = cli("generate", "--config", cfg_path, "--run", str(run_dir), "hello")
     assert refused.code == 1 and "does not take task.type classification" in refused.err
-    assert cli("train", "--config", cfg_path, "--resume").code == 1
+
+
+# --------------------------------------------------------------------------- the head's learning rate, warm start
+
+
+@pytest.mark.parametrize("method", ["full", "last_k", "lora"])
+def test_the_head_trains_at_its_own_learning_rate(tmp_path, tiny_bert, method):
+    """The optimizer holds the head's parameters (a LoRA head's trained copy) in groups at classify.head_learning_rate,
+    and every other trained parameter at train.learning_rate."""
+    cfg_path = make_classify_project(tmp_path, tiny_bert, method=method, learning_rate=1e-4)
+    cfg = config.load(cfg_path, ["classify.head_learning_rate=0.02"])
+    model, _ = classify.load_classifier(cfg, ["billing", "tech", "travel"])
+    model = classify.apply_strategy(model, cfg)
+    trainer = classify_trainer.make_trainer_class()(
+        model=model,
+        args=classify_trainer.training_arguments(cfg, tmp_path / "run", False),
+        train_dataset=[],
+        head_learning_rate=classify._head_rate(cfg),
+    )
+    optimizer = trainer.create_optimizer()
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(rate) == {id(p) for p in trained.values()}  # every trained parameter, once
+    head = {n for n in trained if ".classifier." in f".{n}"}
+    assert head and len(head) < len(trained)
+    for name, param in trained.items():
+        assert rate[id(param)] == (0.02 if name in head else 1e-4), name
+    # features trains the head alone, at train.learning_rate
+    assert classify._head_rate(config.derive(cfg, ["method.name=features"])) is None
+
+
+def test_a_warm_started_run_starts_at_the_probes_validation_accuracy(tmp_path, tiny_bert):
+    """classify.warm_start probe: a full run's first validation pass (step 0, before any step) scores what the
+    features run's fitted probe scores; without the warm start it scores the random head's figures."""
+    cfg_path = make_classify_project(tmp_path, tiny_bert, method="full", max_steps=1, eval_every=1)
+
+    def first_and_last(run: Path) -> tuple[dict, dict]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").open() if '"eval_accuracy"' in line]
+        return rows[0], rows[-1]
+
+    probe = classify.train(config.load(cfg_path, ["method.name=features"]))
+    _, probed = first_and_last(probe.run_dir)
+    warm = classify.train(config.load(cfg_path))
+    start, _ = first_and_last(warm.run_dir)
+    cold = classify.train(config.load(cfg_path, ["classify.warm_start=none"]))
+    random_start, _ = first_and_last(cold.run_dir)
+    assert start["step"] == 0 and start["eval_accuracy"] == pytest.approx(probed["eval_accuracy"])
+    assert start["eval_f1"] == pytest.approx(probed["eval_f1"])
+    assert start["eval_loss"] == pytest.approx(probed["eval_loss"], rel=1e-4)
+    assert random_start["eval_accuracy"] < probed["eval_accuracy"] - 0.2  # the fixture tells the two apart
+    assert warm.summary["warm_start"]["probe_iterations"] > 0 and cold.summary["warm_start"] is None

@@ -143,3 +143,53 @@ def test_tuneloop_run_prepares_trains_evaluates_and_exports_a_classifier_then_re
     rows = [line.replace("│", " ").split() for line in second.out.splitlines()]
     actions = {row[0]: row[1] for row in rows if len(row) > 1 and row[0] in ("prepare", "train", "eval", "export")}
     assert actions == {"prepare": "reused", "train": "reused", "eval": "reused", "export": "reused"}, second.out
+
+
+def test_classified_texts_are_logged_redacted_and_monitor_reads_them(trained, tmp_path):
+    """With a traffic log, each classified text is one row (text, label, every probability, latency), PII
+    redacted as chat traffic is; feedback takes a label as the correction, and `monitor export` turns it into
+    a {text, label} training record; `monitor` reads the rows' texts as the prompts it tests for drift."""
+    from tuneloop import traffic
+    from tuneloop.monitor import analyze
+    from tuneloop.monitor.export import export as export_traffic
+    from tuneloop.serve.reqlog import RequestLog
+
+    cfg, run = trained
+    model, tokenizer = load_sequence_classifier(str(run.final_dir))
+    path = tmp_path / "monitor" / "traffic.sqlite"
+    log = RequestLog(path, traffic.redactor_for(config.PiiConfig()))
+    served = ClassifierServed("topics", model, tokenizer, str(run.final_dir), Limits(api_key="secret"), log)
+    texts = ["refund jane.doe@example.com card", "flight hotel beach"]
+    with running(create_classifier_app(served)) as url:
+        reply = _post(url, {"input": texts, "top_k": 1})
+        assert reply.status_code == 200, reply.text
+        data = reply.json()["data"]
+        wrong = next(label for label in LABELS if label != data[1]["label"])
+
+        def feedback(body: dict) -> httpx.Response:
+            return httpx.post(f"{url}/v1/feedback", json=body, headers={"Authorization": "Bearer secret"})
+
+        assert feedback({"id": data[1]["id"], "rating": "down", "correction": wrong}).status_code == 200
+        refused = feedback({"id": data[0]["id"], "correction": "weather"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "correction"
+        assert feedback({"id": "clf-unknown-0", "rating": "up"}).status_code == 404
+    assert b"jane.doe" not in b"".join(p.read_bytes() for p in path.parent.iterdir())
+    rows = {row["id"]: row for row in traffic.read_requests(path)}
+    assert list(rows) == [item["id"] for item in data]
+    expected = probabilities(model, tokenizer, texts)
+    for item, text, want in zip(data, ["refund [EMAIL] card", "flight hotel beach"], expected, strict=True):
+        row = rows[item["id"]]
+        assert (row["route"], row["prompt"], row["output"], row["redacted"]) == (
+            "/v1/classify",
+            text,
+            item["label"],
+            True,
+        )
+        got = row["params"]["probabilities"]
+        assert [got[label] for label in LABELS] == pytest.approx(want.tolist(), abs=1e-9)  # all, not the top 1
+        assert row["latency_s"] > 0 and row["finish_reason"] == "stop"
+    assert [analyze.user_text(r["messages"], r["prompt"]) for r in rows.values()] == ["refund [EMAIL] card", texts[1]]
+    exported = export_traffic(cfg, log_path=path, out=tmp_path / "export.jsonl")
+    assert exported.corrected == 1 and not exported.skipped
+    (record,) = [json.loads(line) for line in (tmp_path / "export.jsonl").read_text().splitlines()]
+    assert (record["text"], record["label"]) == (texts[1], wrong)

@@ -53,6 +53,21 @@ def test_init_writes_a_working_project(cli, tmp_path: Path, task: str):
         json.loads(line)
 
 
+def test_init_starts_a_classifier_from_the_embedded_encoder(cli, tmp_path: Path):
+    """--task classification: MiniLM (not SmolLM2) with a classification strategy; --model still wins."""
+    from tuneloop.models import DEFAULT_ENCODER, DEFAULT_MODEL
+
+    for target, extra, model in ((tmp_path / "a", [], DEFAULT_ENCODER), (tmp_path / "b", ["--model", "x"], "x")):
+        assert cli("init", target, "--task", "classification", *extra).code == 0
+        resolved = yaml.safe_load(cli("config", "show", "--config", target / "tuneloop.yaml").out)
+        assert resolved["model"]["name"] == model
+        assert resolved["method"]["name"] == "full"
+        assert resolved["train"]["learning_rate"] == config.DEFAULT_LEARNING_RATE["full"]
+    assert cli("init", tmp_path / "c").code == 0  # a generative task keeps SmolLM2 and LoRA
+    resolved = yaml.safe_load(cli("config", "show", "--config", tmp_path / "c" / "tuneloop.yaml").out)
+    assert (resolved["model"]["name"], resolved["method"]["name"]) == (DEFAULT_MODEL, "lora")
+
+
 def test_init_refuses_to_clobber_but_reruns_cleanly(cli, tmp_path: Path):
     target = tmp_path / "p"
     assert cli("init", target).code == 0

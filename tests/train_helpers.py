@@ -23,15 +23,21 @@ def chat_rows(n: int, seed: int = 0, min_words: int = 2, max_words: int = 40) ->
     return rows
 
 
-def make_train_project(root: Path, model: Path, rows: list[dict] | None = None, **train: object) -> Path:
-    """Write data + tuneloop.yaml under `root`, run `data prepare`, return the config path."""
+def write_prepared_project(root: Path, rows: list[dict], doc: dict) -> Path:
+    """Write `rows` to data/train.jsonl and `doc` to tuneloop.yaml under `root`; prepare; return the config path."""
     from tuneloop import config
     from tuneloop.data.prepare import prepare
 
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "data").mkdir(exist_ok=True)
-    rows = chat_rows(80) if rows is None else rows
+    (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = root / "tuneloop.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    prepare(config.load(path), workers=0)
+    return path
+
+
+def make_train_project(root: Path, model: Path, rows: list[dict] | None = None, **train: object) -> Path:
+    """Write data + tuneloop.yaml under `root`, run `data prepare`, return the config path."""
     settings = {
         "max_steps": 10,
         "batch_size": 4,
@@ -51,10 +57,7 @@ def make_train_project(root: Path, model: Path, rows: list[dict] | None = None, 
         "method": {"name": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
         "train": settings,
     }
-    path = root / "tuneloop.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    prepare(config.load(path), workers=0)
-    return path
+    return write_prepared_project(root, chat_rows(80) if rows is None else rows, doc)
 
 
 def losses(run_dir: Path) -> list[float]:

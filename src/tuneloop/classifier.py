@@ -101,10 +101,16 @@ def head_modules(model: Any) -> list[tuple[str, Any]]:
 
 
 def fit_probe(
-    features: np.ndarray, targets: np.ndarray, num_labels: int, class_weight: list[float] | None, seed: int
+    features: np.ndarray,
+    targets: np.ndarray,
+    num_labels: int,
+    class_weight: list[float] | None,
+    seed: int,
+    intercept: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Multinomial logistic regression (scikit-learn, L2, C=1, L-BFGS) as a linear layer's (weight, bias),
-    and its iteration count.
+    and its iteration count. `intercept=False` fits none, for a head without a bias (a decoder's score):
+    the bias returned is then zero.
 
     A label with no example gets a zero weight row and a bias far below the others: probability ~0.
     """
@@ -114,7 +120,9 @@ def fit_probe(
     from sklearn.linear_model import LogisticRegression
 
     weights = None if class_weight is None else dict(enumerate(class_weight))
-    probe = LogisticRegression(max_iter=PROBE_ITERATIONS, class_weight=weights, random_state=seed)
+    probe = LogisticRegression(
+        max_iter=PROBE_ITERATIONS, class_weight=weights, random_state=seed, fit_intercept=intercept
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported by the caller from n_iter_
         probe.fit(features, targets)

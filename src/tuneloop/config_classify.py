@@ -48,6 +48,20 @@ class ClassifyConfig(Section):
         "regression on the frozen features, to convergence (scikit-learn, L2, C=1); 'linear' trains it by "
         "gradient descent with the train settings, as it must for a two-layer head (DistilBERT's, RoBERTa's).",
     )
+    head_learning_rate: float | None = Field(
+        default=1e-3,
+        gt=0,
+        description="method.name last_k, lora, full: the classification head's learning rate (its own optimizer "
+        "parameter group; same schedule). A new head starts from random weights and needs a larger step than the "
+        "pretrained encoder beneath it; null trains it at train.learning_rate. features trains the head alone, "
+        "at train.learning_rate.",
+    )
+    warm_start: Literal["probe", "none"] = Field(
+        default="probe",
+        description="method.name last_k, lora, full: 'probe' first fits a one-layer head by logistic regression on "
+        "the frozen encoder's features (what features does), then trains from there ('linear probe, then fine-tune'); "
+        "'none' starts from a random head. A two-layer head (DistilBERT's, RoBERTa's) always starts random.",
+    )
     resample: Literal["none", "oversample"] = Field(
         default="none",
         description="'oversample' repeats train examples of the smaller classes (seeded) until every class has "

@@ -171,7 +171,7 @@ def train_stage(
     if cfg.task.type == "classification":
         from tuneloop.train import classify
 
-        train = classify.train  # keeps no checkpoints: an interrupted classifier starts again
+        train = classify.train
     if cfg.method.name == "grpo":
         from tuneloop.train import grpo
 

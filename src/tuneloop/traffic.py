@@ -104,18 +104,19 @@ class Message(TypedDict):
 class _TrafficRowBase(TypedDict):
     id: str  # the response id the client saw (chatcmpl-..., cmpl-...)
     time: str  # when the request arrived: UTC ISO 8601 with milliseconds (see `now`)
-    route: str  # /v1/chat/completions or /v1/completions
+    route: str  # /v1/chat/completions, /v1/completions or /v1/classify (one row per classified text)
     model: str  # the model name the client asked for
     adapter: str | None  # the PEFT adapter that answered; None for a base or merged model
     messages: list[Message] | None  # chat requests
-    prompt: str | None  # text completions (the first prompt; all of them in params["prompts"] when several)
-    output: str  # the first choice's text
+    prompt: str | None  # text completions (the first prompt; all of them in params["prompts"] when several);
+    # a classified text
+    output: str  # the first choice's text; a classified text's predicted label
     outputs: list[str]  # every choice's text
     finish_reason: FinishReason  # the first choice's
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
-    params: dict[str, Any]  # temperature, top_p, max_tokens, stop, seed, n
+    params: dict[str, Any]  # temperature, top_p, max_tokens, stop, seed, n; a classification: {"probabilities"}
 
 
 class TrafficRow(_TrafficRowBase, total=False):

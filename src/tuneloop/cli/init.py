@@ -10,7 +10,7 @@ import typer
 
 from tuneloop import config
 from tuneloop.errors import UserError
-from tuneloop.models import DEFAULT_MODEL
+from tuneloop.models import DEFAULT_ENCODER, DEFAULT_MODEL
 
 OBJECTIVES = {
     "chat": "Answer customer support questions for our product accurately, briefly and politely.",
@@ -21,6 +21,14 @@ OBJECTIVES = {
     "classification": "Route each support message to the right team: billing, technical or account.",
     "preference": "Prefer helpful, specific answers over dismissive ones.",
 }
+
+# What a new project trains from, and how: a generative task adapts the embedded SmolLM2 with LoRA (DPO for
+# preferences); a classifier fine-tunes the embedded MiniLM encoder (for its size, an encoder classifies better).
+START: dict[str, tuple[str, str, str]] = {
+    "classification": (DEFAULT_ENCODER, "full", "features | last_k | lora | full (tuneloop compare-strategies)"),
+    "preference": (DEFAULT_MODEL, "dpo", "dpo | ipo | reward"),
+}
+GENERATIVE_START = (DEFAULT_MODEL, "lora", "full | lora | qlora | dora | prompt_tuning | prefix_tuning")
 
 # The command a new project runs next. It moves forward as the loop's later stages land.
 NEXT_COMMAND = "cd {dir} && tuneloop data prepare && tuneloop data inspect"
@@ -35,7 +43,13 @@ def init(
     objective: Annotated[
         str | None, typer.Option(help="What the model should get better at, in words (default: an example).")
     ] = None,
-    model: Annotated[str, typer.Option(help="Base model name, folder, .gguf file or hub id.")] = DEFAULT_MODEL,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Base model name, folder, .gguf file or hub id (default: {DEFAULT_MODEL}; {DEFAULT_ENCODER} for "
+            "classification)."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist and differ.")] = False,
 ) -> None:
     """Create tuneloop.yaml, a small sample data file for the task type, and a README with the next step."""
@@ -46,12 +60,14 @@ def init(
     templates = files("tuneloop") / "templates"
     sample = (templates / "samples" / f"{task}.jsonl").read_text(encoding="utf-8")
     objective = objective or OBJECTIVES[task]
+    default_model, method, methods = START.get(task, GENERATIVE_START)
     values = {
         "task_type": task,
         "objective": objective.replace("\\", "\\\\").replace('"', '\\"'),
         "metrics": ", ".join(config.DEFAULT_METRICS[task]),
-        "model": model,
-        "method": "dpo" if task == "preference" else "lora",
+        "model": model or default_model,
+        "method": method,
+        "methods": methods,
     }
     outputs = {
         "tuneloop.yaml": (templates / "tuneloop.yaml").read_text(encoding="utf-8").format(**values),

@@ -82,13 +82,13 @@ def serve(
 
     classifier = _classifier_folder(run, model, resolve_run)
     if classifier is not None:
-        if adapter or admin_key or log or log_file is not None or backend != "transformers":
+        if adapter or admin_key or backend != "transformers":
             raise UserError(
-                "a classifier is served on its own, by this process: drop --adapter, --admin-key, --log, "
-                "--log-file and --backend"
+                "a classifier is served on its own, by this process: drop --adapter, --admin-key and --backend"
             )
         limits = _limits(api_key, None, max_body_kb, max_input_tokens, max_tokens, max_n, max_concurrent, timeout)
-        _serve_classifier(classifier[0], name or classifier[1], limits, host, port)
+        request_log = _traffic_log(log_file, config_path, overrides) if log or log_file is not None else None
+        _serve_classifier(classifier[0], name or classifier[1], limits, host, port, request_log)
         return
     named = dict(_adapter_arg(item) for item in adapter or [])
     plan = served_models.plan(
@@ -214,8 +214,8 @@ def _classifier_folder(run: str | None, model: str | None, resolve_run) -> tuple
     return None
 
 
-def _serve_classifier(folder: Path, name: str, limits, host: str, port: int) -> None:
-    """POST /v1/classify for one classifier: label probabilities per text."""
+def _serve_classifier(folder: Path, name: str, limits, host: str, port: int, request_log=None) -> None:
+    """POST /v1/classify for one classifier: label probabilities per text (each logged, with a traffic log)."""
     import uvicorn
 
     from tuneloop import console
@@ -225,9 +225,10 @@ def _serve_classifier(folder: Path, name: str, limits, host: str, port: int) -> 
     refuse_pickled_weights(folder, "the classifier")
     console.note(f"loading the classifier {folder}")
     model, tokenizer = load_sequence_classifier(str(folder))
-    served = ClassifierServed(name, model, tokenizer, str(folder), limits)
+    served = ClassifierServed(name, model, tokenizer, str(folder), limits, request_log)
     console.note(
         f"serving {name} ({len(served.labels)} labels) on http://{host}:{port}/v1/classify "
-        f"({'API key required' if limits.api_key else 'no API key'})"
+        f"({'API key required' if limits.api_key else 'no API key'}; "
+        f"traffic log {'off' if request_log is None else request_log.path})"
     )
     uvicorn.run(create_classifier_app(served), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

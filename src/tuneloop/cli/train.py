@@ -42,15 +42,15 @@ def train(
         from tuneloop.errors import UserError
 
         raise UserError("--from starts preference tuning from a run; this project is not task.type: preference")
-    if cfg.task.type == "classification":
-        _train_classifier(cfg, resume or run is not None)
-        return
     if cfg.task.type == "preference":
         _train_preference(cfg, resume, run)
         return
     target = None
     if resume or run is not None:
         target = run if run is not None else runs.latest_run(cfg)
+    if cfg.task.type == "classification":
+        _train_classifier(cfg, target)
+        return
     if cfg.method.name == "grpo":
         _train_grpo(cfg, target)
         return
@@ -80,18 +80,12 @@ def train(
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
-def _train_classifier(cfg: config.ProjectConfig, resume: bool) -> None:
+def _train_classifier(cfg: config.ProjectConfig, resume: Path | None) -> None:
     """task.type classification: the classifier recipe (train/classify.py), and its own summary lines."""
     from tuneloop import console
-    from tuneloop.errors import UserError
     from tuneloop.train.classify import train as train_classifier
 
-    if resume:
-        raise UserError(
-            "--resume: a classifier run keeps no checkpoints to resume from (its best weights stay in memory "
-            "until final/ is written); start it again with `tuneloop train`"
-        )
-    result = train_classifier(cfg)
+    result = train_classifier(cfg, resume=resume)
     s = result.summary
     unit = "L-BFGS iteration" if "logistic" in s["strategy"] else "step"
     lines = [
@@ -105,8 +99,11 @@ def _train_classifier(cfg: config.ProjectConfig, resume: bool) -> None:
         lines.append("weights   " + ", ".join(f"{k} {v:.3g}" for k, v in s["class_weights"].items()))
     if s["best"]["value"] is not None:
         lines.append(f"best      {s['best']['metric']} {s['best']['value']:.4f} at step {s['best']['step']}")
-    lines.append(f"final     {result.final_dir}")
+    if result.final_dir:
+        lines.append(f"final     {result.final_dir}")
     console.out.print("\n".join(lines), markup=False)
+    if result.status == "stopped":
+        raise typer.Exit(EXIT_CODES.get(s.get("signal") or "", 1))
 
 
 def _train_grpo(cfg: config.ProjectConfig, resume: Path | None) -> None:

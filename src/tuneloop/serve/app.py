@@ -244,24 +244,29 @@ def _routes(app: FastAPI, served: Served) -> None:
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
         body = parse(await _read(request, served.limits.max_body_bytes), FeedbackRequest)
-        if served.log is None:
-            raise ApiError(
-                409,
-                "this server keeps no traffic log, so feedback has nowhere to go: restart it with --log",
-                code="logging_off",
-            )
-        if body.rating is None and body.correction is None and body.comment is None:
-            raise ApiError(400, "give at least one of 'rating' (up or down), 'correction' or 'comment'", "rating")
-        outcome = await asyncio.wrap_future(served.log.feedback(body.id, body.rating, body.correction, body.comment))
-        if outcome == "unknown":
-            raise ApiError(404, f"no logged response has the id {body.id!r}", "id", "not_found")
-        if outcome == "dropped":
-            raise ApiError(503, "the traffic log cannot be written now; the server's log says why", type="server_error")
-        served.metrics.feedback.labels(body.rating or "none").inc()
-        return {"id": body.id, "object": "feedback", "stored": True}
+        return await store_feedback(served.log, served.metrics, body)
 
     if served.limits.admin_key is not None:
         _admin_routes(app, served)
+
+
+async def store_feedback(request_log: RequestLog | None, metrics: Metrics, body: FeedbackRequest) -> dict[str, Any]:
+    """POST /v1/feedback after parsing (the generative and the classifier server alike): stored, or why not."""
+    if request_log is None:
+        raise ApiError(
+            409,
+            "this server keeps no traffic log, so feedback has nowhere to go: restart it with --log",
+            code="logging_off",
+        )
+    if body.rating is None and body.correction is None and body.comment is None:
+        raise ApiError(400, "give at least one of 'rating' (up or down), 'correction' or 'comment'", "rating")
+    outcome = await asyncio.wrap_future(request_log.feedback(body.id, body.rating, body.correction, body.comment))
+    if outcome == "unknown":
+        raise ApiError(404, f"no logged response has the id {body.id!r}", "id", "not_found")
+    if outcome == "dropped":
+        raise ApiError(503, "the traffic log cannot be written now; the server's log says why", type="server_error")
+    metrics.feedback.labels(body.rating or "none").inc()
+    return {"id": body.id, "object": "feedback", "stored": True}
 
 
 def _admin_routes(app: FastAPI, served: Served) -> None:

@@ -2,19 +2,29 @@
 
   GET  /health            liveness and the served name (never needs a key)
   GET  /v1/models         the served name
-  POST /v1/classify       {"input": "text" | ["text", ...], "model"?: name} → each text's label and probabilities
+  POST /v1/classify       {"input": "text" | ["text", ...], "model"?: name} → each text's id, label and probabilities
+  POST /v1/feedback       thumbs up/down, a correction (one of the labels) for a text's id (needs --log)
   GET  /metrics           Prometheus metrics
 
 The same guard as the generative server stands in front (app.py's Guard: API key, body size, concurrency
 limit, metrics), errors have the same JSON shape, and a bad field gets a 400 naming it. One worker thread
 at a time runs the model (a lock), so concurrent requests queue rather than compete for the cores.
+
+With `--log`, every classified text is one row of the traffic log (tuneloop.traffic), as a completion is:
+the text as its prompt, the predicted label as its output, every label's probability in its params, and
+the request's latency; the writer redacts PII as the generative server's does. So `tuneloop monitor`
+measures drift on classifier traffic, and `tuneloop monitor export` turns a corrected label into a
+`{text, label}` training record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +34,12 @@ from pydantic import Field
 from starlette.exceptions import HTTPException
 
 from tuneloop.classifier import label_names, max_tokens, probabilities
-from tuneloop.serve.app import Guard, _api_error, _http_error, _read, _server_error
+from tuneloop.serve.app import Guard, _api_error, _http_error, _read, _server_error, store_feedback
 from tuneloop.serve.completions import Limits
 from tuneloop.serve.metrics import Metrics
-from tuneloop.serve.schemas import ApiError, _Body, parse
+from tuneloop.serve.reqlog import RequestLog
+from tuneloop.serve.schemas import ApiError, FeedbackRequest, _Body, parse
+from tuneloop.traffic import TrafficRow, now
 
 MAX_INPUTS = 256  # texts in one request; more is a 400 (the body cap bounds their size)
 
@@ -50,6 +62,7 @@ class ClassifierServed:
     tokenizer: Any
     source: str
     limits: Limits
+    log: RequestLog | None = None  # the traffic log (--log)
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
@@ -61,8 +74,21 @@ class ClassifierServed:
 
 
 def create_classifier_app(served: ClassifierServed) -> FastAPI:
-    """The app that serves one classifier."""
-    app = FastAPI(title="tuneloop serve (classifier)", docs_url=None, redoc_url=None, openapi_url=None)
+    """The app that serves one classifier. Its traffic log, if any, is closed when the app stops."""
+    if served.log is not None:
+        served.log.on_drop = served.metrics.log_dropped.inc
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if served.log is not None:
+                await asyncio.to_thread(served.log.close)
+
+    app = FastAPI(
+        title="tuneloop serve (classifier)", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.served = served
     app.add_middleware(Guard, served=served)
     app.add_exception_handler(ApiError, _api_error)
@@ -85,6 +111,7 @@ def create_classifier_app(served: ClassifierServed) -> FastAPI:
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> dict[str, Any]:
+        arrived, started = now(), time.perf_counter()
         body = parse(await _read(request, served.limits.max_body_bytes), ClassifyRequest)
         if body.model is not None and body.model != served.name:
             raise ApiError(
@@ -113,12 +140,53 @@ def create_classifier_app(served: ClassifierServed) -> FastAPI:
         except TimeoutError:
             raise ApiError(504, f"the request took longer than {served.limits.timeout:g}s", type="timeout") from None
         served.metrics.prompt_tokens.labels(served.name).inc(sum(counts))
-        labels = served.labels
+        labels, request_id = served.labels, "clf-" + uuid.uuid4().hex[:24]
         data = []
         for i, row in enumerate(probs):
             ranked = sorted(zip(labels, row.tolist(), strict=True), key=lambda item: -item[1])
             shown = ranked[: body.top_k] if body.top_k else ranked
-            data.append({"index": i, "label": ranked[0][0], "probabilities": dict(shown)})
+            data.append({"index": i, "id": f"{request_id}-{i}", "label": ranked[0][0], "probabilities": dict(shown)})
+        if served.log is not None:
+            latency = round(time.perf_counter() - started, 4)
+            for item, text, n, row in zip(data, texts, counts, probs, strict=True):
+                every = dict(zip(labels, row.tolist(), strict=True))  # all labels, whatever top_k showed
+                served.log.record(traffic_row(served.name, item, text, n, every, arrived, latency))
         return {"object": "list", "model": served.name, "data": data, "usage": {"input_tokens": sum(counts)}}
 
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        body = parse(await _read(request, served.limits.max_body_bytes), FeedbackRequest)
+        if body.correction is not None and body.correction.strip() not in served.labels:
+            raise ApiError(
+                400,
+                f"'correction' must be one of this classifier's labels ({', '.join(served.labels)}), "
+                f"not {body.correction!r}",
+                "correction",
+                "invalid_value",
+            )
+        return await store_feedback(served.log, served.metrics, body)
+
     return app
+
+
+def traffic_row(
+    model: str, item: dict[str, Any], text: str, tokens: int, probs: dict[str, float], arrived: str, latency: float
+) -> TrafficRow:
+    """One classified text as a row of the traffic log: its text is the prompt, its label the output, and
+    every label's probability is in params (the request's latency is each of its texts')."""
+    return TrafficRow(
+        id=item["id"],
+        time=arrived,
+        route="/v1/classify",
+        model=model,
+        adapter=None,
+        messages=None,
+        prompt=text,
+        output=item["label"],
+        outputs=[item["label"]],
+        finish_reason="stop",
+        prompt_tokens=tokens,
+        completion_tokens=0,
+        latency_s=latency,
+        params={"probabilities": probs},
+    )

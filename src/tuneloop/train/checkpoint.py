@@ -57,14 +57,31 @@ def commit(staged: Path, checkpoints: Path, step: int, info: dict) -> Path:
     if staged.parent.name == STAGING:
         staged.parent.rmdir()
     fsync_dir(checkpoints)
-    marker = final / MARKER
-    tmp = final / (MARKER + ".tmp")
+    _write_marker(final, step, info)
+    return final
+
+
+def mark_complete(folder: Path, step: int, info: dict) -> Path:
+    """Flush a checkpoint written in place (not staged), then mark it complete. A crash before the marker
+    leaves an unmarked folder, which resume ignores and `remove_incomplete` deletes."""
+    fsync_tree(folder)
+    _write_marker(folder, step, info)
+    return folder
+
+
+def _write_marker(folder: Path, step: int, info: dict) -> None:
+    marker = folder / MARKER
+    tmp = folder / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"step": step, **info}, indent=2) + "\n")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, marker)
-    fsync_dir(final)
-    return final
+    fsync_dir(folder)
+
+
+def info(folder: Path) -> dict:
+    """A complete checkpoint's marker: its step and what its writer recorded."""
+    return json.loads((folder / MARKER).read_text())
 
 
 def step_of(folder: Path) -> int:

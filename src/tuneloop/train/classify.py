@@ -14,6 +14,9 @@ The recipe, top to bottom:
    (sum of w[y]·CE over the batch / sum of w[y]); validation measures loss, accuracy and macro-F1,
    and the best validation pass's weights become `final/`;
 6. write `final/` (a complete classifier: a LoRA run is merged), labels.json, metrics, summary.
+
+Checkpoints every `train.save_every` steps (and on SIGTERM or Ctrl-C) make a run resumable:
+`tuneloop train --resume` continues it with the same losses an uninterrupted run logs.
 """
 
 from __future__ import annotations
@@ -34,7 +37,16 @@ from tuneloop.config import ProjectConfig
 from tuneloop.data.formats import Example
 from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
+from tuneloop.train import checkpoint
 from tuneloop.train.callbacks import MetricsFile, Progress
+from tuneloop.train.classify_trainer import (
+    Checkpoints,
+    KeepBest,
+    compute_metrics,
+    make_trainer_class,
+    scores,
+    training_arguments,
+)
 
 LABELS_FILE = "labels.json"
 
@@ -42,9 +54,9 @@ LABELS_FILE = "labels.json"
 @dataclass
 class ClassifyResult:
     run_dir: Path
-    status: str  # completed | early_stopped
+    status: str  # completed | early_stopped | stopped
     steps: int
-    final_dir: Path
+    final_dir: Path | None  # None when stopped
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -217,12 +229,29 @@ def logistic_head(model: Any, cfg: ProjectConfig) -> Any | None:
     """The linear layer a `features` run fits by logistic regression: the head, when it is one linear layer
     (BERT's classifier, a decoder's score) and classify.head is logistic; None means train the head by
     gradient descent (DistilBERT's and RoBERTa's two-layer heads, or classify.head: linear)."""
+    if cfg.method.name != "features" or cfg.classify.head != "logistic":
+        return None
+    return linear_head(model)
+
+
+def linear_head(model: Any) -> Any | None:
+    """The classification head when it is one linear layer (BERT's classifier, a decoder's score), else None."""
     import torch
 
     heads = head_modules(model)
-    if cfg.method.name != "features" or cfg.classify.head != "logistic" or len(heads) != 1:
+    if len(heads) != 1:
         return None
     return heads[0][1] if isinstance(heads[0][1], torch.nn.Linear) else None
+
+
+def warm_start_head(model: Any, cfg: ProjectConfig) -> Any | None:
+    """The head a last_k, lora or full run starts from a fitted probe (classify.warm_start: probe), or None."""
+    if cfg.method.name == "features" or cfg.classify.warm_start != "probe":
+        return None
+    head = linear_head(model)
+    if head is None:
+        console.note("classify.warm_start probe needs a one-layer head; this model's head starts from random weights")
+    return head
 
 
 def fit_logistic_head(
@@ -234,10 +263,12 @@ def fit_logistic_head(
 
     features = head_inputs(model, tokenizer, texts, max_tokens(model, cfg.data.max_length))
     targets = np.array([item["labels"] for item in items])
-    weight, bias, iterations = fit_probe(features, targets, head.out_features, weights, cfg.train.seed)
+    has_bias = head.bias is not None  # a decoder's score layer has none
+    weight, bias, iterations = fit_probe(features, targets, head.out_features, weights, cfg.train.seed, has_bias)
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
-        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        if has_bias:
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
     return iterations
 
 
@@ -252,149 +283,30 @@ def validation_row(model: Any, tokenizer: Any, texts: list[str], targets: list[i
     return row | {f"eval_{k}": v for k, v in scores(probs.argmax(1), np.array(targets)).items()}
 
 
-# --------------------------------------------------------------------------- 5. loss, metrics, trainer
-
-
-def weighted_loss(logits: Any, labels: Any, weights: Any) -> Any:
-    """Cross-entropy, each example weighted by its class: sum(w[y] * CE) / sum(w[y]) (a plain mean without)."""
-    import torch.nn.functional as F
-
-    return F.cross_entropy(logits.float(), labels, weight=weights)
-
-
-def scores(predicted: Any, truth: Any) -> dict[str, float]:
-    """Accuracy and macro-F1 (scikit-learn) of predicted class ids against the true ones."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
-    }
-
-
-def make_trainer_class() -> type:
-    """Trainer with the class-weighted loss. Built lazily (imports torch and Transformers)."""
-    from transformers import Trainer
-
-    class ClassifierTrainer(Trainer):
-        def __init__(self, *args: Any, class_weights: Any = None, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.class_weights = class_weights
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            weights = None if self.class_weights is None else self.class_weights.to(outputs.logits.device)
-            loss = weighted_loss(outputs.logits, labels, weights)
-            return (loss, outputs) if return_outputs else loss
-
-    return ClassifierTrainer
-
-
-def _compute_metrics(prediction: Any) -> dict[str, float]:
-    return scores(prediction.predictions.argmax(-1), prediction.label_ids)
-
-
-class KeepBest:
-    """Trainer callback: copy the trainable weights at each best validation pass; stop after `patience` without one.
-
-    The weights stay in memory (a classifier is small), so no checkpoint has to be written to keep them.
-    """
-
-    def __init__(self, metric: str, higher: bool, patience: int | None) -> None:
-        from transformers import TrainerCallback
-
-        self.key, self.higher, self.patience = f"eval_{metric}", higher, patience
-        self.best: float | None = None
-        self.best_step: int | None = None
-        self.weights: dict[str, Any] | None = None
-        self.since = 0
-        self.model: Any = None
-        owner = self
-
-        class _Callback(TrainerCallback):
-            def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-                owner.seen(state, control, metrics or {})
-
-        self.callback = _Callback()
-
-    def seen(self, state: Any, control: Any, metrics: dict[str, float]) -> None:
-        value = metrics.get(self.key)
-        if value is None or state.global_step == 0:
-            return  # step 0 is the untrained head: a reference point, not a candidate
-        if self.best is None or (value > self.best if self.higher else value < self.best):
-            self.best, self.best_step, self.since = value, state.global_step, 0
-            self.weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-            return
-        self.since += 1
-        if self.patience is not None and self.since >= self.patience:
-            console.note(f"early stopping at step {state.global_step}: {self.key} has not improved for {self.since}")
-            control.should_training_stop = True
-
-    def restore(self) -> None:
-        import torch
-
-        if self.weights is None:
-            return
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in self.weights.items():
-                params[name].copy_(value)
-
-
-def training_arguments(cfg: ProjectConfig, run_dir: Path, has_val: bool) -> Any:
-    import torch
-    from transformers import TrainingArguments
-
-    t = cfg.train
-    on_gpu = torch.cuda.is_available()
-    precision = t.precision
-    if precision == "auto":  # a CPU classifier of this size trains in fp32; a GPU in bf16 where it can
-        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else ("fp16" if on_gpu else "fp32")
-    return TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=max(t.batch_size, 32),
-        gradient_accumulation_steps=t.grad_accum,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not on_gpu,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.log_every,
-        logging_first_step=True,
-        eval_strategy="steps" if has_val else "no",
-        eval_on_start=has_val,  # the untrained head's validation figures are the zero point
-        eval_steps=t.eval_every,
-        save_strategy="no",  # the best weights are kept in memory (KeepBest) and written once, as final/
-        report_to=[r for r in t.report_to if r != "tensorboard"],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
-
-
 # --------------------------------------------------------------------------- the run
 
 
-def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
-    """Train a classifier for `cfg` (task.type classification) on the prepared splits; write a run folder."""
+def train(cfg: ProjectConfig, *, run_dir: Path | None = None, resume: Path | None = None) -> ClassifyResult:
+    """Train a classifier for `cfg` (task.type classification) on the prepared splits; write a run folder.
+
+    `resume` is a run folder to continue from its last complete checkpoint (the same config and data);
+    `run_dir` an empty folder to start a new run in (default: a fresh one under output.dir).
+    """
     from transformers.utils import logging as hf_logging
 
     from tuneloop import registry, runs
+    from tuneloop.config import RESOLVED_FILENAME
     from tuneloop.train.methods import count_parameters
+    from tuneloop.train.resume import check_same_config, check_same_data
 
     hf_logging.set_verbosity_error()
+    if resume is not None:
+        check_same_config(cfg, Path(resume) / RESOLVED_FILENAME, RESUME_SECTIONS)
     train_examples, manifest = load_split(cfg, "train")
     val_examples, _ = load_split(cfg, "val")
     test_examples, _ = load_split(cfg, "test")
+    if resume is not None:
+        check_same_data(manifest, Path(resume))
     if not train_examples:
         raise UserError(f"the train split in {cfg.path(cfg.data.prepared_dir)} is empty; nothing to train on")
     for name, examples in (("train", train_examples), ("val", val_examples)):
@@ -403,6 +315,7 @@ def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
     if len({e.label for e in train_examples}) < 2:
         raise UserError("the train split holds one label only; a classifier needs examples of at least two")
     label_ids = {label: i for i, label in enumerate(labels)}
+    resume_from = resume_point(Path(resume), labels) if resume is not None else None
 
     model, tokenizer = load_classifier(cfg, labels)
     limit = max_tokens(model, cfg.data.max_length)
@@ -414,32 +327,41 @@ def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
         console.note(f"oversampled the smaller classes: {before:,} → {len(train_items):,} train examples")
     train_counts = Counter(e.label for e in train_examples)
     weights = class_weights(cfg.train.class_weights, labels, [e.label for e in train_examples])
+    warm = warm_start_head(model, cfg)
+    warm_iterations = checkpoint.info(resume_from).get("warm_start_iterations") if resume_from else None
+    if warm is not None and resume_from is None:  # before the strategy: a LoRA head's trained copy is made from it
+        console.note(f"warm start: fitting the head by logistic regression on {len(train_items):,} frozen features")
+        texts = [item["text"] for item in train_items]
+        warm_iterations = fit_logistic_head(warm, model, tokenizer, train_items, texts, weights, cfg)
     model = apply_strategy(model, cfg)
     params = count_parameters(model)
     console.note(f"method {cfg.method.name}: {params.describe()}")
     if not val_items:
         console.warn("no validation split: no best checkpoint or early stopping; final/ is the last step")
 
-    run_dir = run_dir if run_dir is not None else runs.new_run_dir(cfg)
-    cfg.save_resolved(run_dir)
-    (run_dir / "data-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    (run_dir / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
-    registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir), None)
-    runs.record_environment(run_dir, cfg.root)
-    runs.write_base_model(cfg, run_dir)
-    registry.record(cfg, run_dir)
+    if resume is None:
+        run_dir = run_dir if run_dir is not None else runs.new_run_dir(cfg)
+        cfg.save_resolved(run_dir)
+        (run_dir / "data-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (run_dir / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+        registry.write_row_hashes(run_dir, cfg.path(cfg.data.prepared_dir), None)
+        runs.record_environment(run_dir, cfg.root)
+        runs.write_base_model(cfg, run_dir)
+        registry.record(cfg, run_dir)
+    else:
+        run_dir = Path(resume)
 
     started = time.perf_counter()
     head = logistic_head(model, cfg)
     if head is not None:
         outcome = _fit_features(head, model, tokenizer, train_items, val_items, weights, cfg, run_dir)
     else:
-        outcome = _descend(model, tokenizer, train_items, val_items, weights, cfg, run_dir)
+        fit = Fit(train_items, val_items, weights, resume_from, {"warm_start_iterations": warm_iterations})
+        outcome = _descend(model, tokenizer, fit, cfg, run_dir)
     elapsed = time.perf_counter() - started
-    final_dir = save_final(model, tokenizer, run_dir, labels)
-    status = outcome.status
+    final_dir = save_final(model, tokenizer, run_dir, labels) if outcome.status != "stopped" else None
     summary = {
-        "status": status,
+        "status": outcome.status,
         "task": "classification",
         "steps": outcome.steps,
         "max_steps": outcome.max_steps,
@@ -451,57 +373,125 @@ def train(cfg: ProjectConfig, *, run_dir: Path | None = None) -> ClassifyResult:
         "train_label_counts": {label: train_counts.get(label, 0) for label in labels},
         "class_weights": dict(zip(labels, weights, strict=True)) if weights is not None else None,
         "resample": cfg.classify.resample,
+        "head_learning_rate": _head_rate(cfg),
+        "warm_start": {"probe_iterations": warm_iterations} if warm is not None else None,
         "max_tokens": limit,
         "best": {"metric": f"eval_{cfg.train.metric}", "value": outcome.best, "step": outcome.best_step},
-        "this_session": {"seconds": round(elapsed, 2)},
+        "this_session": {"seconds": round(elapsed, 2), "resumed_from": resume_from.name if resume_from else None},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "final": str(final_dir.relative_to(run_dir)),
+        "final": str(final_dir.relative_to(run_dir)) if final_dir else None,
+        "signal": outcome.signal,
     }
     runs.write_summary(run_dir, summary)
     runs.plot_losses(run_dir)
     registry.record(cfg, run_dir)
-    return ClassifyResult(run_dir, status, outcome.steps, final_dir, summary)
+    if outcome.signal:
+        console.note(f"stopped by {outcome.signal} at step {outcome.steps}; continue: `tuneloop train --resume`")
+    return ClassifyResult(run_dir, outcome.status, outcome.steps, final_dir, summary)
+
+
+# The config sections a resumed classifier run must share with the run it continues (train's length and
+# logging may change, as for any resume).
+RESUME_SECTIONS = ("model", "data", "method", "train", "classify")
+
+
+def resume_point(run_dir: Path, labels: list[str]) -> Path:
+    """The last complete checkpoint of `run_dir`, checked: safetensors weights, the same label map."""
+    from tuneloop.models import refuse_pickled_weights
+
+    last = checkpoint.latest(run_dir / "checkpoints")
+    if last is None:
+        raise UserError(
+            f"{run_dir} has no complete checkpoint to resume from (a features run with a logistic head fits in one "
+            "go and keeps none); start a new run instead"
+        )
+    refuse_pickled_weights(last, "the checkpoint to resume")
+    saved = json.loads((run_dir / LABELS_FILE).read_text())["labels"] if (run_dir / LABELS_FILE).is_file() else None
+    if saved != labels:
+        raise UserError(
+            f"the run being resumed classifies into {saved}, the data now into {labels}; re-prepare the data it was "
+            "trained on, or start a new run without --resume"
+        )
+    console.note(f"resuming {run_dir.name} from {last.name}")
+    return last
 
 
 @dataclass
 class Outcome:
     """How training went, whichever way the head was fitted."""
 
-    status: str  # completed | early_stopped
+    status: str  # completed | early_stopped | stopped (by a signal; resume continues it)
     steps: int  # optimizer steps, or L-BFGS iterations for a logistic head
     max_steps: int
     best: float | None
     best_step: int | None
+    signal: str | None = None
 
 
-def _descend(model, tokenizer, train_items, val_items, weights, cfg: ProjectConfig, run_dir: Path) -> Outcome:
-    """Gradient descent with Transformers' Trainer; the best validation pass's weights are restored."""
+@dataclass
+class Fit:
+    """What gradient descent trains on, and where it starts."""
+
+    train_items: list[dict]
+    val_items: list[dict]
+    weights: list[float] | None
+    resume_from: Path | None  # a checkpoint
+    record: dict[str, Any]  # kept in every checkpoint's marker, beside KeepBest's state
+
+
+def _descend(model, tokenizer, fit: Fit, cfg: ProjectConfig, run_dir: Path) -> Outcome:
+    """Gradient descent with Transformers' Trainer; the best validation pass's weights are restored.
+
+    Checkpoints every train.save_every steps (and on SIGTERM or Ctrl-C) make the run resumable.
+    """
     import torch
     from transformers import DataCollatorWithPadding, PrinterCallback
 
     from tuneloop import runs
+    from tuneloop.train.callbacks import GracefulStop
 
     best = KeepBest(cfg.train.metric, cfg.train.metric != "loss", cfg.train.early_stopping_patience)
     best.model = model
+    checkpoints = run_dir / "checkpoints"
+    metrics_file = MetricsFile(run_dir / runs.METRICS)
+    checkpoint.remove_incomplete(checkpoints)
+    if fit.resume_from is not None:
+        best.load(fit.resume_from, checkpoint.info(fit.resume_from))
+        if dropped := metrics_file.rewind(checkpoint.step_of(fit.resume_from)):
+            console.note(f"dropped {dropped} metrics rows logged after {fit.resume_from.name}: they are trained again")
+    stop = GracefulStop()
+    saver = Checkpoints(best, cfg.train.keep_last, fit.record)
     trainer = make_trainer_class()(
         model=model,
-        args=training_arguments(cfg, run_dir, bool(val_items)),
-        train_dataset=_tensors_only(train_items),
-        eval_dataset=_tensors_only(val_items) or None,
+        args=training_arguments(cfg, run_dir, bool(fit.val_items), fit.resume_from is not None),
+        train_dataset=_tensors_only(fit.train_items),
+        eval_dataset=_tensors_only(fit.val_items) or None,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=_compute_metrics,
-        callbacks=[MetricsFile(run_dir / runs.METRICS), Progress(), best.callback],
-        class_weights=torch.tensor(weights) if weights is not None else None,
+        compute_metrics=compute_metrics,
+        callbacks=[metrics_file, Progress(), best.callback, saver.callback, stop],
+        class_weights=torch.tensor(fit.weights) if fit.weights is not None else None,
+        head_learning_rate=_head_rate(cfg),
     )
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    stop.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(fit.resume_from) if fit.resume_from else None)
+    finally:
+        stop.uninstall()
     state = trainer.state
+    if stop.signal is not None:
+        return Outcome("stopped", state.global_step, state.max_steps, best.best, best.best_step, stop.signal)
     if best.weights is not None and best.best_step != state.global_step:
         console.note(f"final weights come from the best validation pass (step {best.best_step}, {best.best:.4f})")
     best.restore()
     status = "early_stopped" if state.global_step < state.max_steps else "completed"
     return Outcome(status, state.global_step, state.max_steps, best.best, best.best_step)
+
+
+def _head_rate(cfg: ProjectConfig) -> float | None:
+    """The head's own learning rate, when the encoder trains too (features trains the head alone)."""
+    return None if cfg.method.name == "features" else cfg.classify.head_learning_rate
 
 
 def _tensors_only(items: list[dict]) -> list[dict]:
@@ -544,8 +534,6 @@ def _describe_strategy(cfg: ProjectConfig, logistic: bool) -> str:
 def save_final(model: Any, tokenizer: Any, run_dir: Path, labels: list[str]) -> Path:
     """final/: a complete classifier (LoRA merged in), its tokenizer and labels.json, renamed into place."""
     import shutil
-
-    from tuneloop.train import checkpoint
 
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

@@ -49,7 +49,7 @@ def _short(split: dict[str, Any] | None) -> str:
     return f"{split.get('rows', '?')} rows, sha256 {str(split.get('sha256'))[:12]}"
 
 
-def check_same_config(cfg: Any, saved_path: Path) -> None:
+def check_same_config(cfg: Any, saved_path: Path, sections: tuple[str, ...] = TRAINING_SECTIONS) -> None:
     """Refuse to resume with a config whose training sections differ from the run's, except its length and logging."""
     import yaml
 
@@ -58,7 +58,7 @@ def check_same_config(cfg: Any, saved_path: Path) -> None:
     saved = yaml.safe_load(saved_path.read_text())
     current = yaml.safe_load(cfg.to_yaml())
     diffs = []
-    for section in TRAINING_SECTIONS:
+    for section in sections:
         a, b = saved.get(section) or {}, current.get(section) or {}
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key) and not (section == "train" and key in RESUMABLE_CHANGES):
