@@ -258,3 +258,13 @@ def test_grpo_starts_from_an_sft_run_which_is_its_kl_reference(tmp_path, tiny_ll
     assert tuned.num_parameters() == runs.merged_for_inference(started).num_parameters()
     with pytest.raises(UserError, match="needs adapter lora or dora"):
         grpo_config(path, "vowels_j", f"method.grpo.start={sft_run}")  # adapter full
+
+
+def test_what_grpo_does_not_do_is_refused_when_the_config_loads(tmp_path, tiny_llama):
+    from tuneloop import config
+
+    path = grpo_project(tmp_path, tiny_llama, "vowels_k")
+    with pytest.raises(UserError, match=r"grpo does not size its run by time yet"):
+        config.load(path, ["method.name=grpo", "train.time_budget=5m", "train.max_steps=null"])
+    with pytest.raises(UserError, match=r"grpo runs no validation pass.*drop train\.track_forgetting"):
+        config.load(path, ["method.name=grpo", "train.track_forgetting=true"])

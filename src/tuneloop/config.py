@@ -585,6 +585,7 @@ class ProjectConfig(_Section):
         """Metrics it cannot compute, shares beside your own files: fail now, not after training or generation."""
         problems = config_rules.shares_beside_own_files(self.data) + config_rules.unmeasured_train_metric(self, METRICS)
         problems += config_rules.classification_strategy(self) + config_rules.preference_method(self)
+        problems += config_rules.grpo_method(self)
         config_rules.raise_located(problems + config_rules.uncomputable_metrics(self), "ProjectConfig")
         return self
 

@@ -195,3 +195,21 @@ def preference_method(cfg: Any) -> list[Problem]:
         )
         problems.append((("method", "preference", "start"), why, cfg.method.preference.start))
     return problems
+
+
+def grpo_method(cfg: Any) -> list[Problem]:
+    """GRPO (method.name grpo) samples answers to chat prompts; what it does not do is refused, not ignored."""
+    if cfg.method.name != "grpo":
+        return []
+    problems: list[Problem] = []
+    if cfg.train.time_budget is not None:
+        why = "method.name grpo does not size its run by time yet: set train.max_steps or train.epochs instead"
+        problems.append((("train", "time_budget"), why, cfg.train.time_budget))
+    if cfg.train.eval_metrics or cfg.train.track_forgetting:
+        key = "eval_metrics" if cfg.train.eval_metrics else "track_forgetting"
+        why = (
+            "method.name grpo runs no validation pass; generated-answer metrics come from `tuneloop eval`: "
+            f"drop train.{key}"
+        )
+        problems.append((("train", key), why, getattr(cfg.train, key)))
+    return problems

@@ -110,6 +110,8 @@ _SHOWN = (
     "eval_f1",
     "eval_rewards/accuracies",
     "eval_rewards/margins",
+    "reward",  # GRPO: the mean reward of the step's sampled answers, and their KL to the reference
+    "kl",
     "learning_rate",
     "grad_norm",
 )
