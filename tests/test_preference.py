@@ -305,11 +305,16 @@ PINNED_REWARD = [
 ]
 
 
-def test_load_reward_model_refuses_other_runs(dpo_run: Path):
+def test_load_reward_model_refuses_other_runs(dpo_run: Path, reward_run: Path):
+    from tuneloop import runs
     from tuneloop.reward import load_reward_model
 
     with pytest.raises(UserError, match="not a reward-model run"):
         load_reward_model(dpo_run)
+    # and the other way round: generate, serve and eval load a language model, which a reward run is not
+    cfg = config.load(reward_run.parent.parent / "tuneloop.yaml")
+    with pytest.raises(UserError, match="is a reward model: it scores answers"):
+        runs.load_final(cfg, reward_run)
 
 
 def test_reward_model_scores_what_it_trained_on(reward_run: Path):

@@ -138,6 +138,11 @@ def load_final(cfg: ProjectConfig, run_dir: Path) -> tuple[Any, Any]:
             f"{run_dir} has no final/ model (the run did not finish); resume it with `tuneloop train --resume`"
         )
     refuse_pickled_weights(final, "the run's final model")
+    if _method_of(run_dir) == "reward":
+        raise UserError(
+            f"{run_dir.name} is a reward model: it scores answers and does not write them. Score with "
+            "tuneloop.reward.load_reward_model, or give a language-model run"
+        )
     if not (final / "adapter_config.json").is_file():
         return load_causal_lm(str(final), cfg.model.dtype, cfg.model.trust_remote_code)
     from peft import PeftModel
@@ -150,6 +155,14 @@ def load_final(cfg: ProjectConfig, run_dir: Path) -> tuple[Any, Any]:
     model = PeftModel.from_pretrained(base, str(final))
     model.eval()
     return model, load_tokenizer(final)  # the tokenizer and chat template the run trained with
+
+
+def _method_of(run_dir: Path) -> str | None:
+    import yaml
+
+    resolved = run_dir / RESOLVED_FILENAME
+    saved = yaml.safe_load(resolved.read_text()) if resolved.is_file() else None
+    return ((saved or {}).get("method") or {}).get("name") if isinstance(saved, dict) else None
 
 
 def merged_for_inference(model: Any) -> Any:
