@@ -79,7 +79,7 @@ def test_a_kl_blowup_stops_the_run_with_a_checkpoint(tmp_path, tiny_llama):
         UserError, match=r"GRPO stopped at step (\d+): KL blow-up.*above method.grpo.guard.max_kl 0.001"
     ):
         grpo.train(cfg)
-    run_dir = next((tmp_path / "runs").iterdir())
+    run_dir = next(d for d in (tmp_path / "runs").iterdir() if d.is_dir())  # runs/ also holds registry.sqlite
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "guard_stopped" and summary["final"] is None
     saved = checkpoint.latest(run_dir / "checkpoints")
