@@ -22,7 +22,6 @@ The recipe, top to bottom:
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,13 +36,14 @@ from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, Progress
-from tuneloop.train.guards import NonFiniteError, StepGuard, non_finite_message
+from tuneloop.train.guards import StepGuard
 from tuneloop.train.resume import check_same_config, check_same_data
 from tuneloop.train.sft import (
     TrainResult,
     check_template,
     checkpoint_bytes,
     choose_precision,
+    guarded_train,
     record_start,
     run_folder,
     save_atomically,
@@ -428,19 +428,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
     if rank0:
         checkpoint.check_disk(checkpoints, needed)
 
-    started = time.perf_counter()
-    stop.install()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except NonFiniteError as e:
-        raise UserError(non_finite_message(e, checkpoint.latest(checkpoints))) from None
-    except OSError as e:
-        if not checkpoint.is_disk_full(e):
-            raise
-        raise UserError(checkpoint.disk_full_message(checkpoints, "a checkpoint", needed)) from None
-    finally:
-        stop.uninstall()
-    elapsed = time.perf_counter() - started
+    elapsed = guarded_train(trainer, stop, resume_from, checkpoints, needed)
     state = trainer.state
 
     stopped = stop.signal is not None

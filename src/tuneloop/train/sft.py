@@ -540,19 +540,7 @@ def train(
         trainer.generation_metrics = evaluator(cfg, val_examples, tokenizer)
     trainer.remove_callback(PrinterCallback)  # Progress prints instead
 
-    started = time.perf_counter()
-    stop.install()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except NonFiniteError as e:
-        raise UserError(non_finite_message(e, checkpoint.latest(checkpoints))) from None
-    except OSError as e:
-        if not checkpoint.is_disk_full(e):
-            raise
-        raise UserError(checkpoint.disk_full_message(checkpoints, "a checkpoint", needed)) from None
-    finally:
-        stop.uninstall()
-    elapsed = time.perf_counter() - started
+    elapsed = guarded_train(trainer, stop, resume_from, checkpoints, needed)
     state = trainer.state
 
     stopped = stop.signal is not None
@@ -681,3 +669,21 @@ def save_final(trainer: Any, tokenizer: Any, run_dir: Path, state: Any, merge: b
         os.replace(tmp, out)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def guarded_train(trainer: Any, stop: Any, resume_from: Path | None, checkpoints: Path, needed: int) -> float:
+    """Run `trainer.train` with the stop signals installed; a non-finite loss or a full disk becomes a
+    UserError naming the last good checkpoint. Returns the seconds it took. Every recipe trains through this."""
+    started = time.perf_counter()
+    stop.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except NonFiniteError as e:
+        raise UserError(non_finite_message(e, checkpoint.latest(checkpoints))) from None
+    except OSError as e:
+        if not checkpoint.is_disk_full(e):
+            raise
+        raise UserError(checkpoint.disk_full_message(checkpoints, "a checkpoint", needed)) from None
+    finally:
+        stop.uninstall()
+    return time.perf_counter() - started
