@@ -30,7 +30,9 @@ def plan(
     method: Annotated[
         str | None,
         typer.Option(
-            "--method", help="full, lora, qlora, dora, prompt_tuning or prefix_tuning (default: method.name)."
+            "--method",
+            help="full, lora, qlora, dora, prompt_tuning, prefix_tuning or grpo; for a preference task dpo, ipo, "
+            "simpo, orpo or reward (default: method.name).",
         ),
     ] = None,
     gpu: Annotated[
@@ -105,16 +107,24 @@ def _small(x: float | None) -> str:
 
 
 def _summary(p: Plan) -> list[str]:
-    s = p.shape
-    share = p.trainable / max(s.parameters, 1)
+    from tuneloop.plan import methods
+
+    s, r = p.shape, p.recipe
+    share = p.trainable / max(methods.model_for(s, r).parameters, 1)
     tokens = f"{p.tokens:,} ({p.tokens_source})" if p.tokens is not None else p.tokens_source
-    return [
+    trains = f" ({r.adapter_field} {r.trains.name})" if r.adapter_field else ""
+    unit = {"preference": "pairs", "grpo": f"prompts (× {r.sequences} answers)"}.get(r.family, "examples")
+    lines = [
         f"model     {s.name}: {s.model_type}, {s.parameters:,} parameters, {s.layers} layers × {s.hidden} wide",
-        f"method    {p.method}: {p.trainable:,} trainable ({share:.2%})",
-        f"batch     {p.batch_size} × {p.setting.seq_len} tokens per micro-batch, grad_accum {p.grad_accum}",
+        f"method    {p.method}{trains}: {p.trainable:,} trainable ({share:.2%})",
+        f"step      {methods.describe(r)}",
+        f"batch     {p.batch_size} {unit} × {p.setting.seq_len} tokens per micro-batch, grad_accum {p.grad_accum}",
         f"tokens    {tokens}",
         f"compute   {p.flops_per_token:,.3g} FLOPs per token at MFU {p.mfu:g}",
     ]
+    for w in p.sampling:
+        lines.append(f"sampling  {w.what}: {w.tokens:,} tokens × {w.flops_per_token:,.3g} FLOPs at MFU {w.mfu:g}")
+    return lines
 
 
 def _gpu_table(p: Plan):
@@ -155,6 +165,10 @@ def _breakdown_table(p: Plan):
         ("logits", "logits"),
         ("overhead", "overhead"),
     ]
+    if p.gpu_memory.reference:
+        rows.insert(1, ("reference model", "reference"))
+    if p.gpu_memory.generation:
+        rows.insert(-1, ("generation (KV cache)", "generation"))
     for label, attr in rows:
         table.add_row(label, _gib(getattr(p.gpu_memory, attr)), _gib(getattr(p.cpu_memory, attr)))
     table.add_row("peak", _gib(p.gpu_memory.peak), _gib(p.cpu_memory.peak))

@@ -6,6 +6,8 @@ method, the batch and the prepared data's token counts. One module per job:
 - shape.py: the model's shape and the parameters each method trains;
 - memory.py: peak memory of one training process, by component (the formulas are in its docstring);
 - workload.py: tokens, FLOPs per token and hours;
+- methods.py: what a step of each method runs (preference pairs, reward models, GRPO's sampling), in
+  the terms of the two above;
 - planner.py: `make_plan`: all of the above on each GPU, a recommended method, warnings and notes;
 - present.py: `plan_to_dict`, the plan as JSON.
 """
@@ -19,6 +21,7 @@ from tuneloop.plan.memory import (
     estimate_memory,
     max_batch_size,
 )
+from tuneloop.plan.methods import GENERATION_MFU, Recipe, Work, recipe, step_memory
 from tuneloop.plan.planner import (
     COMFORT_SHARE,
     FIT_SHARE,
@@ -58,6 +61,7 @@ __all__ = [
     "DEFAULT_MFU",
     "FIT_SHARE",
     "FULL_MIN_EXAMPLES",
+    "GENERATION_MFU",
     "GIB",
     "GPU_OVERHEAD",
     "MAX_BATCH",
@@ -71,7 +75,9 @@ __all__ = [
     "ModelShape",
     "Module",
     "Plan",
+    "Recipe",
     "Setting",
+    "Work",
     "adapted_modules",
     "estimate_gpu",
     "estimate_memory",
@@ -86,9 +92,11 @@ __all__ = [
     "plan_to_dict",
     "read_data_stats",
     "read_model_config",
+    "recipe",
     "recommend",
     "select_gpus",
     "shape_from_config",
+    "step_memory",
     "trainable_parameters",
     "training_hours",
     "training_tokens",

@@ -2,7 +2,8 @@
 
 The formulas:
 
-Memory = weights + optimizer + max(gradients, 16-bit weight copies + activations + logits) + overhead.
+Memory = weights + reference + optimizer
+         + max(gradients, 16-bit weight copies + activations + logits, generation) + overhead.
   Backward frees each layer's activations as it creates that layer's gradients, so the two peak
   at different moments (activations at the start of backward, gradients at its end); adding them
   would overstate the peak of full fine-tuning by the smaller of the two. `tests/test_plan.py`
@@ -32,6 +33,19 @@ Memory = weights + optimizer + max(gradients, 16-bit weight copies + activations
 - logits: tuneloop computes logits only at trained positions, so (batch × seq × trained fraction)
   × vocabulary × 12 bytes in fp32 (the log-probabilities and, in backward, their gradient and the
   logits' gradient), 14 in mixed precision (plus the 16-bit logits' gradient).
+  TRL's DPOTrainer and GRPOTrainer score through a chunked LM head instead (`lm_head="chunked"`): no
+  (positions × vocabulary) logits, but one tile of min(positions, 4096) × min(vocabulary, 32768) in the
+  compute dtype, the head's saved fp32 input and, in backward, its fp32 gradient (positions × h × 8
+  bytes). On a GPU only the trained positions are scored; elsewhere (CPU) every position is. A reward
+  model's head scores the last token only (`lm_head="none"`): no logits term at all.
+- reference: the frozen reference model of DPO/IPO and GRPO when every weight trains: a second copy of
+  the weights at the policy's bytes per parameter (4: fp32). With LoRA/DoRA the adapter-off policy is
+  the reference, and with `method.grpo.beta` 0 GRPO needs none: 0. Its forward runs without
+  gradients, so it keeps no activations.
+- generation: GRPO samples answers before the training forward (gradients are freed by then): the KV
+  cache of the whole generation batch, 2 × layers × kv width × (prompt + completion) tokens per
+  sequence in the weights' dtype, plus each decoding step's fp32 logits and sampling probabilities
+  (sequences × vocabulary × 8 bytes). See plan/methods.py for what each method runs.
 - overhead: 1 GiB on a GPU for the CUDA context and kernels; 0.03 GiB on CPU for the math
   libraries' buffers (measured with PyTorch 2 on Linux). On CPU, glibc's allocator can also keep
   freed activation memory in the process, so peak RSS may exceed the estimate by up to the
@@ -42,6 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from tuneloop.config import MethodConfig
 from tuneloop.plan.gpus import GIB
@@ -54,6 +69,9 @@ ADAPTER_METHODS = ("lora", "qlora", "dora")
 # Logit bytes per kept position and vocabulary entry: log-probabilities plus, in backward, their
 # gradient and the logits' gradient (fp32); mixed precision adds the 16-bit logits' gradient.
 _LOGIT_BYTES = {"fp32": 12, "mixed": 14}
+# TRL's chunked LM head (trl.kernels.chunked_logprob): tiles of at most this many positions × vocabulary entries.
+CHUNK_POSITIONS, CHUNK_VOCAB = 4096, 32768
+LmHead = Literal["logits", "chunked", "none"]
 # Linear layers that read the same tensor: one saved input serves all of them. o_proj reads the
 # attention output, which the attention kernel saves anyway.
 _SHARED_INPUT = {
@@ -77,12 +95,16 @@ class Memory:
     activations: int
     logits: int
     overhead: int
+    reference: int = 0
+    generation: int = 0
 
     @property
     def peak(self) -> int:
-        # Gradients appear as backward frees activations: the two peak at different moments.
+        # Gradients appear as backward frees activations, and generation runs before the forward, after the
+        # optimizer step freed the gradients: the three peak at different moments.
         transient = self.weight_copies + self.activations + self.logits
-        return self.weights + self.optimizer + max(self.gradients, transient) + self.overhead
+        held = self.weights + self.reference + self.optimizer + self.overhead
+        return held + max(self.gradients, transient, self.generation)
 
 
 def estimate_memory(
@@ -96,12 +118,15 @@ def estimate_memory(
     trained_fraction: float = 1.0,
     gradient_checkpointing: bool = False,
     base_dtype_bytes: int | None = None,
+    lm_head: LmHead = "logits",
 ) -> Memory:
     """Peak training memory of `shape` under `method` for micro-batches of `batch_size` × `seq_len` tokens.
 
     `device` is 'gpu' or 'cpu'; `precision` 'mixed' (bf16/fp16 autocast) or 'fp32'.
     `trained_fraction` is the share of positions with a loss (logits are computed only there).
     `base_dtype_bytes` overrides the frozen LoRA/DoRA base's bytes per parameter (model.dtype).
+    `lm_head` is how the loss reads the output: full-vocabulary `logits` at trained positions (SFT),
+    TRL's `chunked` head (DPO, GRPO), or `none` (a reward model's one-score head).
     """
     if precision not in ("mixed", "fp32") or device not in ("gpu", "cpu"):
         raise ValueError(f"precision must be mixed or fp32 and device gpu or cpu, got {precision}, {device}")
@@ -113,10 +138,32 @@ def estimate_memory(
         gradients=4 * trainable,
         optimizer=8 * trainable,
         weight_copies=2 * trainable if precision == "mixed" else 0,
-        activations=_activation_bytes(shape, method, batch_size, seq_len, kept, elem, device, gradient_checkpointing),
-        logits=int(kept * shape.vocab * _LOGIT_BYTES[precision]),
+        activations=_activation_bytes(
+            shape, method, batch_size, seq_len, kept if lm_head == "logits" else 0, elem, device, gradient_checkpointing
+        ),
+        logits=_logit_bytes(shape, lm_head, kept, batch_size * seq_len, device, elem, precision),
         overhead=GPU_OVERHEAD if device == "gpu" else CPU_OVERHEAD,
     )
+
+
+def _logit_bytes(
+    shape: ModelShape, lm_head: LmHead, kept: float, tokens: int, device: str, elem: int, precision: str
+) -> int:
+    """What the output head needs beyond the blocks' activations (see the module docstring)."""
+    if lm_head == "none":
+        return 0
+    if lm_head == "chunked":
+        positions = kept if device == "gpu" else tokens  # TRL compacts to the trained positions on Triton devices
+        tile = min(positions, CHUNK_POSITIONS) * min(shape.vocab, CHUNK_VOCAB) * elem
+        return int(tile + positions * shape.hidden * 8)
+    return int(kept * shape.vocab * _LOGIT_BYTES[precision])
+
+
+def generation_bytes(shape: ModelShape, sequences: int, seq_len: int, elem: int) -> int:
+    """GRPO's sampling: the KV cache of `sequences` × `seq_len` tokens in `elem`-byte values, and the
+    fp32 logits and sampling probabilities of one decoding step."""
+    kv_cache = 2 * shape.layers * shape.kv_dim * sequences * seq_len * elem
+    return kv_cache + sequences * shape.vocab * 8
 
 
 def _weight_bytes(shape: ModelShape, method: MethodConfig, trainable: int, device: str, base: int | None) -> int:

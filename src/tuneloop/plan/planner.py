@@ -9,18 +9,14 @@ from pathlib import Path
 from typing import get_args
 
 from tuneloop.config import MethodConfig, MethodName, ProjectConfig
+from tuneloop.config_preference import PREFERENCE_METHODS
 from tuneloop.errors import UserError
+from tuneloop.plan import methods
 from tuneloop.plan.gpus import GIB, Gpu, gpu_table_path, load_gpus, select_gpus
-from tuneloop.plan.memory import CPU_OVERHEAD, GPU_OVERHEAD, Memory, estimate_memory, max_batch_size
-from tuneloop.plan.shape import ModelShape, model_shape, trainable_parameters
-from tuneloop.plan.workload import (
-    DEFAULT_MFU,
-    DataStats,
-    flops_per_token,
-    read_data_stats,
-    training_hours,
-    training_tokens,
-)
+from tuneloop.plan.memory import CPU_OVERHEAD, GPU_OVERHEAD, Memory, max_batch_size
+from tuneloop.plan.methods import GENERATION_MFU, Recipe, Work
+from tuneloop.plan.shape import ModelShape, model_shape
+from tuneloop.plan.workload import DEFAULT_MFU, DataStats, read_data_stats
 
 # "Fits" keeps 10% of the card free: the CUDA caching allocator fragments, and this is an estimate.
 # Full fine-tuning is recommended only where it fits "comfortably", in 75% of the card.
@@ -40,12 +36,13 @@ class Setting:
     gpu_precision: str  # mixed | fp32
     cpu_precision: str
     base_dtype_bytes: int | None
+    grad_accum: int = 1  # GRPO samples for all of an optimizer step's micro-batches at once
 
     def memory(self, shape: ModelShape, method: MethodConfig, batch_size: int, device: str) -> Memory:
         """The memory estimate for `method` at `batch_size` on 'gpu' or 'cpu' in this setting."""
-        return estimate_memory(
+        return methods.step_memory(
             shape,
-            method,
+            methods.recipe(method),
             batch_size,
             self.seq_len,
             device=device,
@@ -53,6 +50,7 @@ class Setting:
             trained_fraction=self.trained_fraction,
             gradient_checkpointing=self.gradient_checkpointing,
             base_dtype_bytes=self.base_dtype_bytes,
+            grad_accum=self.grad_accum,
         )
 
 
@@ -75,6 +73,7 @@ class Plan:
 
     shape: ModelShape
     method: str
+    recipe: Recipe
     trainable: int
     batch_size: int
     grad_accum: int
@@ -91,6 +90,7 @@ class Plan:
     recommendation: str
     reason: str
     gpus_file: Path
+    sampling: list[Work] = field(default_factory=list)  # GRPO's generation, before each step's training
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -114,22 +114,28 @@ def make_plan(
         raise UserError("--batch-size and --seq-len must be at least 1")
     if mfu is not None and not 0 < mfu <= 1:
         raise UserError(f"--mfu is a fraction of the GPU's peak, between 0 and 1 (e.g. 0.35), not {mfu}")
+    check_method(cfg, method_cfg.name)
+    recipe = methods.recipe(method_cfg)
     table_path = gpu_table_path(cfg, gpus_file)
     chosen_gpus = select_gpus(load_gpus(table_path), gpus)
     shape = model_shape(model or cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     data = read_data_stats(cfg)
     batch = batch_size or cfg.train.batch_size
-    seq, seq_source = _seq_len(cfg, data, seq_len)
+    seq, seq_source = _seq_len(cfg, data, seq_len, recipe)
     setting = _setting(cfg, data, seq)
-    flops = flops_per_token(shape.parameters, method_cfg.name, setting.gradient_checkpointing)
-    tokens, tokens_source = training_tokens(cfg, data, batch, seq)
-    utilisation = mfu or DEFAULT_MFU[method_cfg.name]
-    rows = [estimate_gpu(shape, method_cfg, batch, setting, g, tokens, flops, utilisation) for g in chosen_gpus]
+    utilisation = mfu or DEFAULT_MFU[recipe.trains.name]
+    training, sampling, tokens_source = methods.work(cfg, data, shape, recipe, batch, seq, utilisation)
+    tokens = training.tokens if training is not None else None
+    flops = methods.training_flops(shape, recipe, setting.gradient_checkpointing)
+    rows = [
+        estimate_gpu(shape, method_cfg, batch, setting, g, tokens, flops, utilisation, sampling) for g in chosen_gpus
+    ]
     recommendation, reason = recommend(shape, method_cfg, batch, setting, chosen_gpus, data)
     plan = Plan(
         shape=shape,
         method=method_cfg.name,
-        trainable=trainable_parameters(shape, method_cfg),
+        recipe=recipe,
+        trainable=methods.trainable(shape, recipe),
         batch_size=batch,
         grad_accum=cfg.train.grad_accum,
         setting=setting,
@@ -145,6 +151,7 @@ def make_plan(
         recommendation=recommendation,
         reason=reason,
         gpus_file=table_path,
+        sampling=sampling,
     )
     plan.warnings = _warnings(cfg, data, tokens)
     if setting.gpu_precision == "fp32":
@@ -156,12 +163,39 @@ def make_plan(
     return plan
 
 
-def _seq_len(cfg: ProjectConfig, data: DataStats | None, asked: int | None) -> tuple[int, str]:
+def check_method(cfg: ProjectConfig, method: str) -> None:
+    """`tuneloop plan` sizes causal language models; a --method must suit the task's data."""
+    if cfg.task.type == "classification" or method in ("features", "last_k"):
+        raise UserError(
+            "tuneloop plan sizes causal language-model runs (SFT, preference and GRPO), not classifiers "
+            "(task.type classification); a classifier's encoder is small: time it with `tuneloop train --set "
+            "train.max_steps=5` and read the run's summary.json"
+        )
+    if (cfg.task.type == "preference") != (method in PREFERENCE_METHODS):
+        wanted = ", ".join(PREFERENCE_METHODS)
+        why = (
+            f"a preference task trains with {wanted}"
+            if cfg.task.type == "preference"
+            else (f"{method} trains on preference pairs (task.type preference); this is a {cfg.task.type} task")
+        )
+        raise UserError(f"--method {method} does not suit this project: {why}; pick a method for its data")
+
+
+def _seq_len(cfg: ProjectConfig, data: DataStats | None, asked: int | None, recipe: Recipe) -> tuple[int, str]:
     if asked:
         return asked, "--seq-len"
+    answer = recipe.completion
     if data is not None and data.longest:
+        if answer:  # GRPO: the longest record bounds the prompt; the answer is sampled up to its limit
+            return data.longest + answer, (
+                f"the longest prepared example ({data.longest}: it bounds the prompt) + method.grpo."
+                f"max_completion_length {answer}: the longest prompt with the longest answer sets the peak"
+            )
         typical = f" (p90 is {data.p90}; pass --seq-len for a typical batch)" if data.p90 else ""
-        return data.longest, f"the longest prepared example: a batch of long examples sets the peak{typical}"
+        what = "pair (prompt + its longer answer)" if recipe.family == "preference" else "example"
+        return data.longest, f"the longest prepared {what}: a batch of long examples sets the peak{typical}"
+    if answer:
+        return cfg.data.max_length + answer, f"data.max_length + method.grpo.max_completion_length {answer}"
     return cfg.data.max_length, "data.max_length (no prepared lengths)"
 
 
@@ -176,6 +210,7 @@ def _setting(cfg: ProjectConfig, data: DataStats | None, seq_len: int) -> Settin
         gpu_precision="fp32" if precision == "fp32" else "mixed",
         cpu_precision="mixed" if precision in ("bf16", "fp16") else "fp32",
         base_dtype_bytes=None if dtype == "auto" else (4 if dtype == "float32" else 2),
+        grad_accum=cfg.train.grad_accum,
     )
 
 
@@ -188,12 +223,16 @@ def estimate_gpu(
     tokens: int | None,
     flops: int,
     mfu: float,
+    sampling: list[Work] | None = None,
 ) -> GpuEstimate:
-    """Peak memory, whether it fits, the largest batch that fits, hours and dollars on one GPU."""
+    """Peak memory, whether it fits, the largest batch that fits, hours and dollars on one GPU.
+
+    Hours cover `tokens` of training at `flops` per token and utilisation `mfu`, plus the `sampling` work."""
     peak = setting.memory(shape, method, batch, "gpu").peak
     limit = FIT_SHARE * gpu.memory_bytes
     biggest = max_batch_size(lambda b: setting.memory(shape, method, b, "gpu").peak, int(limit))
-    hours = training_hours(tokens, flops, gpu.tflops, mfu) if tokens is not None and biggest else None
+    parts = [Work("training", tokens, flops, mfu), *(sampling or [])] if tokens is not None else []
+    hours = methods.hours_of(parts, gpu.tflops) if parts and biggest else None
     precision = "fp32" if setting.gpu_precision == "fp32" else ("bf16" if gpu.bf16 else "fp16")
     return GpuEstimate(
         gpu=gpu,
@@ -209,10 +248,15 @@ def estimate_gpu(
 def recommend(
     shape: ModelShape, method: MethodConfig, batch: int, setting: Setting, gpus: list[Gpu], data: DataStats | None
 ) -> tuple[str, str]:
-    """(method, why): full when it fits comfortably and there are ≥10k examples, else LoRA, else QLoRA."""
+    """(method, why): full when it fits comfortably and there are ≥10k examples, else LoRA, else QLoRA.
+
+    For preference and GRPO runs the answer is the adapter (method.preference.adapter, method.grpo.adapter),
+    which has no QLoRA."""
+    field_name = methods.recipe(method).adapter_field
+    choose = f" (set {field_name})" if field_name else ""
 
     def where(name: str, share: float) -> list[Gpu]:
-        m = method.model_copy(update={"name": name})
+        m = methods.with_adapter(method, name)
         return [g for g in gpus if setting.memory(shape, m, batch, "gpu").peak <= share * g.memory_bytes]
 
     def cheapest(found: list[Gpu]) -> str:
@@ -223,7 +267,7 @@ def recommend(
     if full and rows is not None and rows >= FULL_MIN_EXAMPLES:
         return "full", (
             f"full fine-tuning fits comfortably (cheapest: {cheapest(full)}) and {rows:,} training examples "
-            f"(≥ {FULL_MIN_EXAMPLES:,}) are enough to move every weight without overfitting"
+            f"(≥ {FULL_MIN_EXAMPLES:,}) are enough to move every weight without overfitting{choose}"
         )
     lora = where("lora", FIT_SHARE)
     if lora:
@@ -233,8 +277,8 @@ def recommend(
             why = "the data size is unknown (run `tuneloop data prepare`)"
         else:
             why = f"{rows:,} training examples are fewer than {FULL_MIN_EXAMPLES:,}: an adapter overfits less"
-        return "lora", f"{why}; LoRA fits (cheapest: {cheapest(lora)})"
-    qlora = where("qlora", FIT_SHARE)
+        return "lora", f"{why}; LoRA fits (cheapest: {cheapest(lora)}){choose}"
+    qlora = where("qlora", FIT_SHARE) if not field_name else []
     if qlora:
         return "qlora", f"LoRA's 16-bit base does not fit; QLoRA's 4-bit base does (cheapest: {cheapest(qlora)})"
     return "none", (
@@ -279,32 +323,72 @@ def _warnings(cfg: ProjectConfig, data: DataStats | None, tokens: int | None) ->
 
 
 def _notes(plan: Plan, data: DataStats | None, model: str | None) -> list[str]:
-    s = plan.setting
+    s, r = plan.setting, plan.recipe
+    held = "weights + reference + optimizer" if r.reference == "copy" else "weights + optimizer"
+    transient = "16-bit weight copies + activations + logits" + (", generation" if plan.sampling else "")
     notes = [
         f"model shape: {plan.shape.source}",
-        "memory = weights + optimizer + max(gradients, 16-bit weight copies + activations + logits) + overhead: "
-        "backward frees each layer's activations as it creates its gradients",
-        _method_note(plan.method),
+        f"memory = {held} + max(gradients, {transient}) + overhead: backward frees each layer's activations as it "
+        "creates its gradients"
+        + ("; sampling runs before the forward, after the gradients are freed" if plan.sampling else ""),
+        methods.describe(r),
+        _method_note(r.trains.name, r.fp32_weights),
         "activations: what autograd keeps for a Llama-style block with memory-efficient (SDPA) attention"
         + (", recomputing each layer (gradient checkpointing)" if s.gradient_checkpointing else ""),
         f"sequence length {s.seq_len}: {plan.seq_len_source}",
-        f"logits only at trained positions: {s.trained_fraction:.0%} of tokens"
-        + (" (from the data report)" if data is not None and data.trained_fraction else " (assumed: no report)"),
+        _logits_note(plan, data),
         f"overhead: {GPU_OVERHEAD / GIB:g} GiB per GPU for the CUDA context; {CPU_OVERHEAD / GIB:.2f} GiB on CPU",
         "on CPU, glibc's allocator may keep freed activation memory, so peak RSS can exceed the estimate by up to "
         "the activations; MALLOC_MMAP_THRESHOLD_=65536 makes it return large blocks",
         f"fits: peak within {FIT_SHARE:.0%} of the GPU's memory; max batch is the largest integer batch size that "
         "fits (memory grows linearly with it), for one GPU without sharding",
-        f"time: tokens × {plan.flops_per_token / plan.shape.parameters:g}N FLOPs ÷ (peak TFLOPS × MFU {plan.mfu:g}); "
-        "padding and evaluation passes are not counted",
+        f"time: tokens × {plan.flops_per_token / methods.model_for(plan.shape, r).parameters:g}N FLOPs ÷ (peak TFLOPS "
+        f"× MFU {plan.mfu:g}); padding and evaluation passes are not counted",
         f"GPU memory, TFLOPS and prices are editable assumptions from {plan.gpus_file}",
     ]
+    if plan.sampling:
+        notes.insert(-1, _generation_note(plan))
     if data is not None and data.model and model and data.model != model:
         notes.append(f"token counts come from the data prepared with {data.model}'s tokenizer")
     return notes
 
 
-def _method_note(method: str) -> str:
+def _logits_note(plan: Plan, data: DataStats | None) -> str:
+    r, fraction = plan.recipe, plan.setting.trained_fraction
+    source = " (from the data report)" if data is not None and data.trained_fraction else " (assumed: no report)"
+    if r.lm_head == "none":
+        return "logits: none of vocabulary size; the reward head gives one score per sequence"
+    if r.lm_head == "chunked":
+        return (
+            "logits: TRL's chunked LM head scores the trained positions tile by tile, never holding all their "
+            "vocabulary-sized logits" + (source if not r.completion else " (the sampled answers)")
+        )
+    if r.family == "preference":
+        return "logits at every position: the loss takes a log-softmax over the whole sequence (TRL's CPO/ORPO)"
+    return f"logits only at trained positions: {fraction:.0%} of tokens" + source
+
+
+def _generation_note(plan: Plan) -> str:
+    """How much of the time sampling takes (the same share on every GPU), and how to speed it up."""
+    training = Work("training", plan.tokens or 0, plan.flops_per_token, plan.mfu)
+    total = methods.hours_of([training, *plan.sampling], 1.0)
+    decoding = methods.hours_of([w for w in plan.sampling if w.what == "decoding"], 1.0)
+    share = decoding / total if total else 0.0
+    verdict = "generation dominates" if share > 0.5 else "generation is a large part" if share > 0.2 else "generation"
+    return (
+        f"{verdict}: decoding the answers is {share:.0%} of the estimated time (2N FLOPs per generated token at an "
+        f"assumed {GENERATION_MFU:g} of peak: token-by-token decoding is bound by memory bandwidth, not FLOPS; "
+        "prefill at the training MFU); on GPUs TRL can sample with vLLM (GRPOConfig use_vllm), several times "
+        "faster, which tuneloop does not switch on"
+    )
+
+
+def _method_note(method: str, fp32_base: bool = False) -> str:
+    if fp32_base and method in ("lora", "dora"):
+        what = "adapter and magnitude" if method == "dora" else "adapter"
+        return (
+            f"{method}: frozen base in fp32, 4 B/param (preference runs load the model so) + 16 B per {what} parameter"
+        )
     per_param = {
         "full": "full: fp32 master weights 4 B + gradients 4 B + AdamW 8 B per parameter, + 2 B 16-bit copies in "
         "mixed precision",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from tuneloop.plan import methods
 from tuneloop.plan.planner import Plan
 
 
@@ -14,6 +15,15 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     return {
         "model": shape,
         "method": plan.method,
+        "step": {
+            "trains": plan.recipe.trains.name,
+            "sequences_per_example": plan.recipe.sequences,
+            "reference": plan.recipe.reference,
+            "lm_head": plan.recipe.lm_head,
+            "parameters": methods.model_for(plan.shape, plan.recipe).parameters,
+            "what": methods.describe(plan.recipe),
+        },
+        "sampling": [asdict(w) for w in plan.sampling],
         "trainable_parameters": plan.trainable,
         "batch_size": plan.batch_size,
         "grad_accum": plan.grad_accum,

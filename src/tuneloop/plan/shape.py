@@ -42,6 +42,7 @@ class ModelShape:
     vocab: int
     eager_attention: bool
     modules: tuple[Module, ...] = field(repr=False)
+    head_parameters: int = 0  # the LM head's own parameters: 0 when it shares the input embeddings' weights
 
     @property
     def q_dim(self) -> int:
@@ -191,7 +192,21 @@ def shape_from_config(config: Any, name: str, source: str, trust_remote_code: bo
         # The built model records the attention transformers would pick (SDPA where supported).
         eager_attention=getattr(model.config, "_attn_implementation", None) == "eager",
         modules=_modules(model),
+        head_parameters=_head_parameters(model),
     )
+
+
+def _head_parameters(model: Any) -> int:
+    """Parameters of the output head that no other layer shares (a tied head reuses the embeddings)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        return 0
+    shared = {id(p) for name, p in model.named_parameters() if not name.startswith(_head_prefix(model, head))}
+    return sum(p.numel() for p in head.parameters() if id(p) not in shared)
+
+
+def _head_prefix(model: Any, head: Any) -> str:
+    return next(name for name, m in model.named_modules() if m is head) + "."
 
 
 def _first(config: Any, *names: str) -> int:

@@ -39,6 +39,12 @@ class DataStats:
     longest: int | None
     p90: int | None
     model: str | None
+    pairs: int | None = None  # preference data: the chosen/rejected pairs the train records expand into
+
+    @property
+    def pairs_per_row(self) -> float:
+        """Pairs per train record: 1 for preference records, k(k-1)/2 for a ranking of k answers."""
+        return self.pairs / self.train_rows if self.pairs and self.train_rows else 1.0
 
     @property
     def tokenized(self) -> bool:
@@ -70,9 +76,24 @@ def read_data_stats(cfg: ProjectConfig) -> DataStats | None:
             longest=lengths.get("max"),
             p90=lengths.get("p90"),
             model=man.get("model"),
+            pairs=_count_pairs(folder / "train.jsonl") if cfg.task.type == "preference" else None,
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{report} is unreadable ({e}); rerun `tuneloop data prepare`") from None
+
+
+def _count_pairs(path: Path) -> int | None:
+    """The pairs a prepared preference split trains on: one per preference record, every better-worse pair of a
+    ranking (as train/preference.py expands them)."""
+    if not path.is_file():
+        return None
+    pairs = 0
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                ranked = len(json.loads(line).get("ranking") or [])
+                pairs += ranked * (ranked - 1) // 2 if ranked else 1
+    return pairs
 
 
 def training_tokens(
