@@ -203,7 +203,7 @@ def work(
     if data is not None and data.tokenized and not cfg.train.max_steps and data.pairs_per_row != 1:
         per_pair *= data.pairs_per_row  # rows counted records; a ranking trains several pairs
         how += f" × {data.pairs_per_row:.3g} pairs per record ({data.pairs:,} pairs)"
-    how += " × 2 sequences per pair (chosen and rejected)"
+    how = how.replace(" examples ×", " pairs ×") + " × 2 sequences per pair (chosen and rejected)"
     return Work("training", round(tokens * per_pair), flops, mfu), [], how
 
 
@@ -249,28 +249,27 @@ def hours_of(parts: list[Work], tflops: float) -> float:
 
 
 def describe(r: Recipe) -> str:
-    """One line: what a step of `r` runs."""
-    weights = f"{r.adapter_field} {r.trains.name}" if r.adapter_field else None
+    """One line: what a step of `r` runs (after the method's name)."""
     reference = {
         "none": "no reference model",
         "adapter_off": "the reference is the policy with its adapter off (no second copy of the weights)",
         "copy": "the reference is a frozen fp32 copy of the model",
     }[r.reference]
-    if r.family == "preference" and r.method == "reward":
+    if r.method == "reward":
         return (
-            f"reward ({weights}): a sequence-classification model (the LM head swapped for a one-score head) scores "
-            "chosen and rejected, 2 sequences per pair, with gradients; no vocabulary-sized logits; weights in fp32"
+            "a sequence-classification model (the LM head swapped for a one-score head) scores chosen and rejected, "
+            "2 sequences per pair, with gradients; no vocabulary-sized logits; weights in fp32"
         )
     if r.family == "preference":
         ref_pass = " and through the reference without (2N FLOPs per token)" if r.reference != "none" else ""
         return (
-            f"{r.method} ({weights}): chosen and rejected, 2 sequences per pair, through the policy with "
-            f"gradients{ref_pass}; {reference}; weights in fp32"
+            f"chosen and rejected, 2 sequences per pair, through the policy with gradients{ref_pass}; {reference}; "
+            "weights in fp32"
         )
     if r.family == "grpo":
         ref_pass = ", and through the reference without" if r.reference != "none" else ""
         return (
-            f"grpo ({weights}): each prompt answered {r.sequences} times up to {r.completion} tokens (generation), "
-            f"then prompt + answer through the policy with gradients{ref_pass}; {reference}"
+            f"each prompt answered {r.sequences} times up to {r.completion} tokens (generation), then prompt + answer "
+            f"through the policy with gradients{ref_pass}; {reference}"
         )
-    return f"{r.method}: each example once through the model with gradients"
+    return "each example once through the model with gradients"

@@ -331,7 +331,7 @@ def _notes(plan: Plan, data: DataStats | None, model: str | None) -> list[str]:
         f"memory = {held} + max(gradients, {transient}) + overhead: backward frees each layer's activations as it "
         "creates its gradients"
         + ("; sampling runs before the forward, after the gradients are freed" if plan.sampling else ""),
-        methods.describe(r),
+        f"{r.method}: {methods.describe(r)}",
         _method_note(r.trains.name, r.fp32_weights),
         "activations: what autograd keeps for a Llama-style block with memory-efficient (SDPA) attention"
         + (", recomputing each layer (gradient checkpointing)" if s.gradient_checkpointing else ""),
