@@ -19,7 +19,7 @@ from tuneloop import config
 from tuneloop.data.batching import Collator, choose_layout
 from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
-from tuneloop.train import checkpoint, sft
+from tuneloop.train import checkpoint, common, sft
 
 # First 10 losses of the reference recipe (make_train_project defaults) on CPU, fp32. A change here
 # means training numerics changed: check why before re-pinning.
@@ -379,15 +379,15 @@ def test_precision_auto_uses_bf16_on_cpu_only_when_it_matches_fp32(project: Path
     model, tokenizer = sft.load_model(cfg)
     items = sft.render_split(load_split(cfg, "train")[0][:4], tokenizer, cfg, "train")
     probe = Collator(tokenizer.pad_token_id, packed=False)(items)
-    monkeypatch.setattr(sft, "cpu_supports_bf16", lambda: False)
-    assert sft.choose_precision("auto", model, probe)[0] == "fp32"
-    monkeypatch.setattr(sft, "cpu_supports_bf16", lambda: True)
-    chosen, why = sft.choose_precision("auto", model, probe)
+    monkeypatch.setattr(common, "cpu_supports_bf16", lambda: False)
+    assert common.choose_precision("auto", model, probe)[0] == "fp32"
+    monkeypatch.setattr(common, "cpu_supports_bf16", lambda: True)
+    chosen, why = common.choose_precision("auto", model, probe)
     assert chosen == "bf16" and "of fp32" in why
-    monkeypatch.setattr(sft, "BF16_TOLERANCE", 0.0)
-    assert sft.choose_precision("auto", model, probe)[0] == "fp32"
+    monkeypatch.setattr(common, "BF16_TOLERANCE", 0.0)
+    assert common.choose_precision("auto", model, probe)[0] == "fp32"
     with pytest.raises(UserError, match="fp16 needs a GPU"):
-        sft.choose_precision("fp16", model, probe)
+        common.choose_precision("fp16", model, probe)
 
 
 def test_tensorboard_logs_are_written(project: Path):

@@ -35,9 +35,7 @@ from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint, rewards
 from tuneloop.train.callbacks import GracefulStop, MetricsFile, Progress
-from tuneloop.train.guards import StepGuard
-from tuneloop.train.resume import check_same_config, check_same_data
-from tuneloop.train.sft import (
+from tuneloop.train.common import (
     TrainResult,
     check_template,
     guarded_train,
@@ -47,6 +45,8 @@ from tuneloop.train.sft import (
     subset,
     training_kwargs,
 )
+from tuneloop.train.guards import StepGuard
+from tuneloop.train.resume import check_same_config, check_same_data
 
 # What GRPOTrainer logs, under the names metrics.jsonl keeps: TRL's own.
 KL, REWARD, LENGTH = "kl", "reward", "completions/mean_length"
@@ -265,7 +265,7 @@ def make_trainer_class() -> type:
     """GRPOTrainer with our NaN guard on the loss and atomic checkpoints. Built lazily (imports TRL)."""
     from trl import GRPOTrainer
 
-    from tuneloop.train.sft import save_atomically
+    from tuneloop.train.common import save_atomically
 
     class Trainer(GRPOTrainer):
         def __init__(self, *args: Any, keep_last: int, watcher: Watcher, **kwargs: Any) -> None:
@@ -328,8 +328,8 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
 
     from tuneloop import registry, runs
     from tuneloop.generate import stop_token_ids
+    from tuneloop.train.common import checkpoint_bytes
     from tuneloop.train.methods import count_parameters, wrap
-    from tuneloop.train.sft import checkpoint_bytes
 
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers|peft|trl")
@@ -362,7 +362,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
     precision = cfg.train.precision if cfg.train.precision != "auto" else ("bf16" if _cuda_bf16() else "fp32")
     run_dir, resume_from = (run_dir, None) if run_dir is not None and resume is None else run_folder(cfg, resume)
     if rank0 and resume_from is None:
-        from tuneloop.train.sft import record_start
+        from tuneloop.train.common import record_start
 
         record_start(cfg, run_dir, manifest, {e.id for e in examples} if cfg.train.examples is not None else None)
     checkpoints = run_dir / "checkpoints"

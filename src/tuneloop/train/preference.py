@@ -36,9 +36,7 @@ from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, Progress
-from tuneloop.train.guards import StepGuard
-from tuneloop.train.resume import check_same_config, check_same_data
-from tuneloop.train.sft import (
+from tuneloop.train.common import (
     TrainResult,
     check_template,
     checkpoint_bytes,
@@ -51,6 +49,8 @@ from tuneloop.train.sft import (
     subset,
     training_kwargs,
 )
+from tuneloop.train.guards import StepGuard
+from tuneloop.train.resume import check_same_config, check_same_data
 
 # TRL's metric names → metrics.jsonl's (validation rows carry them with the eval_ prefix).
 METRIC_NAMES = {
