@@ -43,7 +43,7 @@ DEFAULT_NER_MODEL = "en_core_web_lg"  # what Presidio itself uses
 TaskType = Literal["instruction", "chat", "summarization", "qa", "extraction", "classification", "preference"]
 MethodName = Literal[
     "full", "lora", "qlora", "dora", "prompt_tuning", "prefix_tuning", "features", "last_k", "grpo", "dpo", "ipo",
-    "simpo", "orpo", "reward",
+    "simpo", "orpo", "reward", "kto",
 ]  # fmt: skip
 DataFormat = Literal[
     "auto",
@@ -55,6 +55,7 @@ DataFormat = Literal[
     "classification",
     "preference",
     "ranked",
+    "unpaired",
 ]
 
 # The vocabulary of task metrics. `tuneloop eval` computes each with its reference library;
@@ -336,7 +337,7 @@ class MethodConfig(_Section):
     name: MethodName = Field(
         default="lora",
         description="full, lora, qlora, dora, prompt_tuning or prefix_tuning; classification: features, last_k, lora "
-        "or full; preference: dpo, ipo, simpo, orpo or reward (the default for task.type preference is dpo).",
+        "or full; preference: dpo, ipo, simpo, orpo, kto or reward (the default for task.type preference is dpo).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)

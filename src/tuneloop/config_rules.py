@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from tuneloop.config_preference import PREFERENCE_METHODS, PREFERENCE_TRAIN_METRICS
+from tuneloop.config_preference import KTO_FORMATS, PAIRED_FORMATS, PREFERENCE_METHODS, PREFERENCE_TRAIN_METRICS
 
 Problem = tuple[tuple[str, ...], str, Any]  # (key path, what is wrong and what to do, the value)
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
@@ -175,9 +175,26 @@ def preference_method(cfg: Any) -> list[Problem]:
     if method in PREFERENCE_METHODS and task != "preference":
         why = f"method.name {method} trains on preference pairs: set task.type: preference, or use lora or full"
         problems.append((("method", "name"), why, method))
-    if method in PREFERENCE_METHODS and cfg.data.format not in ("auto", "preference", "ranked"):
-        why = f"method.name {method} reads preference or ranked records, not {cfg.data.format}"
+    if method == "kto" and cfg.data.format not in KTO_FORMATS:
+        why = f"method.name kto reads unpaired (rated answers), preference or ranked records, not {cfg.data.format}"
         problems.append((("data", "format"), why, cfg.data.format))
+    elif method in PREFERENCE_METHODS and method != "kto" and cfg.data.format not in PAIRED_FORMATS:
+        why = f"method.name {method} reads preference or ranked records, not {cfg.data.format}"
+        if cfg.data.format == "unpaired":
+            why += " (single rated answers train with method.name kto)"
+        problems.append((("data", "format"), why, cfg.data.format))
+    if method == "kto" and cfg.train.batch_size < 2:
+        why = (
+            "method.name kto estimates its KL term from the other answers of the same batch, so a batch needs 2 or "
+            "more: raise train.batch_size (train.grad_accum does not help: the KL pairs answers inside one micro-batch)"
+        )
+        problems.append((("train", "batch_size"), why, cfg.train.batch_size))
+    weights = {"desirable_weight": cfg.method.preference.desirable_weight}
+    weights["undesirable_weight"] = cfg.method.preference.undesirable_weight
+    for key, value in weights.items():
+        if value is not None and method != "kto":
+            why = f"method.preference.{key} weighs KTO's loss; method.name {method} has none: drop it, or use kto"
+            problems.append((("method", "preference", key), why, value))
     if method in PREFERENCE_METHODS and (cfg.train.eval_metrics or cfg.train.track_forgetting):
         key = "eval_metrics" if cfg.train.eval_metrics else "track_forgetting"
         why = (

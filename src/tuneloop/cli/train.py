@@ -148,9 +148,16 @@ def _train_preference(cfg: config.ProjectConfig, resume: bool, run: Path | None)
         f"status    {result.status} at step {result.steps}/{s['max_steps']} in {s['this_session']['seconds']:.0f}s",
         f"method    {s['method']} ({s['adapter']}): {s['parameters']['trainable']:,} of "
         f"{s['parameters']['total']:,} parameters trained, precision {s['precision']['chosen']}",
-        f"pairs     {s['examples']['train_pairs']:,} train, {s['examples']['val_pairs']:,} validation",
     ]
+    what = "answers" if s["method"] == "kto" else "pairs"
+    ex = s["examples"]
+    lines.append(f"{what:<9} {ex['train_' + what]:,} train, {ex['val_' + what]:,} validation")
     val = s.get("validation") or {}
+    if s["method"] == "kto" and {"reward_desirable", "reward_undesirable", "kl"} <= set(val):
+        lines.append(
+            f"val       implicit reward {val['reward_desirable']:+.4f} desirable, {val['reward_undesirable']:+.4f} "
+            f"undesirable, KL {val['kl']:.4f} (step {val['step']})"
+        )
     accuracy = val.get("pair_accuracy", val.get("reward_accuracy"))
     if accuracy is not None:
         what = "pair accuracy" if "pair_accuracy" in val else "implicit-reward accuracy"

@@ -34,6 +34,7 @@ FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "sharegpt": ("conversations",),
     "ranked": ("prompt", "responses", "ranking"),
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),  # only with a boolean label: see `shape_of`
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
     "classification": ("text", "label"),
@@ -48,6 +49,7 @@ KIND_OF_FORMAT = {
     "classification": "classification",
     "preference": "preference",
     "ranked": "ranked",
+    "unpaired": "unpaired",
 }
 DETECT_SAMPLE = 1000  # rows read to detect a file's format
 MAJORITY = 0.5  # the winning shape must cover more than this share of the sample
@@ -77,6 +79,8 @@ class Example:
     chat template). "text": `text`, all of it trained.
     "classification": `text` + `label`. "preference": `messages` is the prompt, plus `chosen` /
     `rejected`. "ranked": `messages` is the prompt, plus `responses` ordered by `ranking`.
+    "unpaired": `messages` is the prompt, plus one `completion` and whether it is `desirable` (a
+    thumbs up or down: what KTO trains on).
     """
 
     id: str
@@ -89,6 +93,8 @@ class Example:
     responses: list[str] | None = None
     ranking: list[int] | None = None
     plain: bool | None = None  # True for a prompt/completion record of two strings; None otherwise
+    completion: str | None = None  # unpaired: the one answer
+    desirable: bool | None = None  # unpaired: its label
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
@@ -109,7 +115,7 @@ class Example:
 
         for m in self.messages:
             m["content"] = apply(m["content"])
-        for name in ("text", "chosen", "rejected"):
+        for name in ("text", "chosen", "rejected", "completion"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, apply(value))
@@ -120,8 +126,10 @@ class Example:
     def dedup_text(self) -> str:
         """The text that identifies this example for duplicate detection."""
         parts = [f"{m['role']}: {m['content']}" for m in self.messages]
-        parts += [v for v in (self.text, self.chosen, self.rejected) if v is not None]
+        parts += [v for v in (self.text, self.chosen, self.rejected, self.completion) if v is not None]
         parts += self.responses or []
+        if self.desirable is not None:  # the same answer rated up and down are two records, not duplicates
+            parts.append(f"label: {self.desirable}")
         return "\n".join(parts)
 
 
@@ -323,6 +331,8 @@ def shape_of(value: Any) -> str:
         return "other"
     for fmt, keys in FORMAT_KEYS.items():
         if all(k in value for k in keys):
+            if fmt == "unpaired" and not isinstance(value["label"], bool):
+                continue  # a prompt/completion record that carries a label of its own (a category, say)
             return fmt
     return "other"
 
@@ -406,6 +416,15 @@ def to_example(value: Any, fmt: str, example_id: str, labels: frozenset[str] | N
         )
         check_distinct(example)
         return example
+    if fmt == "unpaired":
+        label = value["label"]
+        if not isinstance(label, bool):
+            raise RowError(
+                f"field 'label' is {label!r}, expected true (a desirable answer, thumbs up) or false (undesirable, "
+                "thumbs down) as a JSON boolean"
+            )
+        prompt = _preference_prompt(value["prompt"])
+        return Example(example_id, kind, messages=prompt, completion=_answer(value, "completion"), desirable=label)
     if fmt == "ranked":
         prompt = _preference_prompt(value["prompt"])
         responses = value["responses"]
@@ -421,7 +440,7 @@ def to_example(value: Any, fmt: str, example_id: str, labels: frozenset[str] | N
 def _preference_prompt(prompt: Any) -> list[dict[str, Any]]:
     messages = _prompt(prompt)
     if messages[-1]["role"] != "user":
-        raise RowError("the prompt must end with a user turn: the answers being compared reply to it")
+        raise RowError("the prompt must end with a user turn: the answers being compared or rated reply to it")
     return messages
 
 

@@ -10,6 +10,11 @@ A pair renders as two conversations, its prompt followed by each answer, through
 answer (its tokens and the template's end-of-turn token), the prompt is context, and an earlier
 assistant turn inside the prompt is context too. So the prompt a preference-tuned model is asked at
 evaluation and serving is an exact token prefix of what it was trained on.
+
+KTO learns from unpaired feedback instead: one answer per record, rated desirable or undesirable
+(an `unpaired` record). `unpaired_of` reads those as they are and turns each pair of preference or
+ranked data into one desirable and one undesirable answer, as TRL's `unpair_preference_dataset` does;
+`render_unpaired` renders each answer exactly as a pair's answer is rendered.
 """
 
 from __future__ import annotations
@@ -29,6 +34,25 @@ class Pair:
     prompt: list[dict[str, Any]]
     chosen: str
     rejected: str
+
+
+@dataclass
+class Rated:
+    """One answer to `prompt` with a person's verdict: `desirable` (thumbs up) or not (thumbs down)."""
+
+    id: str  # the record's file:line; one from a pair adds "+" (its chosen side) or "-" (its rejected side)
+    prompt: list[dict[str, Any]]
+    completion: str
+    desirable: bool
+
+
+class RatedTokens(TypedDict):
+    """A rendered rated answer, in the columns TRL's KTOTrainer reads (`prompt_ids`, `completion_ids`, `label`)."""
+
+    id: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
 
 
 class PairTokens(TypedDict):
@@ -54,6 +78,19 @@ def pairs_of(examples: Iterable[Example]) -> list[Pair]:
         else:
             raise ValueError(f"{ex.id}: a {ex.kind} example holds no preference")
     return pairs
+
+
+def rated_of(examples: Iterable[Example]) -> list[Rated]:
+    """Every rated answer the examples state: an unpaired record's, and both sides of every pair (see `pairs_of`)."""
+    rated: list[Rated] = []
+    for ex in examples:
+        if ex.kind == "unpaired":
+            rated.append(Rated(ex.id, ex.messages, ex.completion or "", bool(ex.desirable)))
+        else:
+            for pair in pairs_of([ex]):
+                rated.append(Rated(f"{pair.id}+", pair.prompt, pair.chosen, True))
+                rated.append(Rated(f"{pair.id}-", pair.prompt, pair.rejected, False))
+    return rated
 
 
 def conversation(prompt: list[dict[str, Any]], answer: str) -> Example:
@@ -106,6 +143,23 @@ def render_pairs(renderer: Any, pairs: Sequence[Pair]) -> list[PairTokens | RowE
             out.append(RowError("chosen and rejected render to the same tokens, so the pair prefers nothing"))
         else:
             out.append(PairTokens(id=pair.id, prompt_ids=prompt_ids, chosen_ids=chosen_ids, rejected_ids=rejected_ids))
+    return out
+
+
+def render_rated(renderer: Any, rated: Sequence[Rated]) -> list[RatedTokens | RowError]:
+    """Each rated answer's prompt and answer as token ids (the answer trained as SFT trains it), or its RowError."""
+    out: list[RatedTokens | RowError] = []
+    rendered = renderer.render_many([conversation(r.prompt, r.completion) for r in rated])
+    for item, result in zip(rated, rendered, strict=True):
+        if isinstance(result, RowError):
+            out.append(result)
+            continue
+        try:
+            prompt_ids, completion_ids = split_answer(result.input_ids, result.weights)
+        except RowError as e:
+            out.append(e)
+            continue
+        out.append(RatedTokens(id=item.id, prompt_ids=prompt_ids, completion_ids=completion_ids, label=item.desirable))
     return out
 
 

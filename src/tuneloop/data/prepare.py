@@ -433,7 +433,7 @@ def _empty_field(example: Example) -> str | None:
     for i, m in enumerate(example.messages, 1):
         if not m["content"].strip():
             return f"message {i} ({m['role']})"
-    for name in ("text", "chosen", "rejected"):
+    for name in ("text", "chosen", "rejected", "completion"):
         value = getattr(example, name)
         if value is not None and not value.strip():
             return name

@@ -32,10 +32,11 @@ from tuneloop.data.formats import Example, RowError, check_distinct
 
 # What trains each non-SFT kind; `tuneloop train` (supervised fine-tuning) refuses them with this.
 TRAINED_BY = {
-    "preference": "preference tuning: task.type preference with method.name dpo, ipo, simpo or orpo, or reward for a "
-    "reward model",
+    "preference": "preference tuning: task.type preference with method.name dpo, ipo, simpo, orpo or kto, or reward "
+    "for a reward model",
     "ranked": "preference tuning (each ranking becomes its better-worse pairs): task.type preference with method.name "
-    "dpo, ipo, simpo or orpo, or reward",
+    "dpo, ipo, simpo, orpo or kto, or reward",
+    "unpaired": "preference tuning from rated answers: task.type preference with method.name kto",
     "classification": "a classifier (task.type: classification, with an encoder such as minilm-l6)",
 }
 NO_TEMPLATE = (
@@ -123,6 +124,8 @@ class Renderer:
             answers = [example.chosen, example.rejected] if example.kind == "preference" else example.responses
             longest = max(answers or [""], key=len)
             messages = [*example.messages, {"role": "assistant", "content": longest}]
+        elif example.kind == "unpaired" and self.lengths_only:
+            messages = [*example.messages, {"role": "assistant", "content": example.completion or ""}]
         elif example.kind in TRAINED_BY:
             raise RowError(
                 f"{example.kind} examples are not trained by supervised fine-tuning: {TRAINED_BY[example.kind]}",

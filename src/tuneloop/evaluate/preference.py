@@ -1,7 +1,7 @@
 """`tuneloop eval` for preference runs: preference accuracy on the test pairs, base vs tuned, with intervals.
 
 What "prefers the chosen answer" means depends on what was trained:
-- a dpo/ipo run: its implicit reward, β·(log π(y|x) − log π_ref(y|x)), of the chosen answer above the
+- a dpo/ipo/kto run: its implicit reward, β·(log π(y|x) − log π_ref(y|x)), of the chosen answer above the
   rejected one's (what TRL reports as `rewards/accuracies`). π_ref is the run's starting point (the base,
   or the run it started from). The base is that reference itself, whose implicit reward is 0 for every
   answer: a tie on every pair, scored 0.5, which is chance by construction. The report also gives the
@@ -15,6 +15,11 @@ What "prefers the chosen answer" means depends on what was trained:
 
 Each pair scores 1 (right), 0.5 (tie) or 0 (wrong); the change against the base gets a paired bootstrap
 interval over test pairs (evaluate/compare.py). Rankings count as every better-worse pair of them.
+
+Unpaired test rows (one answer rated desirable or undesirable, what kto trains on) are scored by the
+implicit reward too, so only for dpo/ipo/kto runs: `label_accuracy` is the share of answers whose implicit
+reward has the sign of their label (above 0 for desirable, below for undesirable; 0 is a tie, 0.5). The
+base, the reference itself, ties on every answer: 0.5. Its interval is a paired bootstrap over the rows.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import yaml
 from tuneloop import console
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
 from tuneloop.config_preference import PREFERENCE_METHODS, REFERENCE_FREE
-from tuneloop.data.pairs import Pair, pairs_of, render_pairs
+from tuneloop.data.pairs import Pair, Rated, pairs_of, rated_of, render_pairs, render_rated
 from tuneloop.errors import UserError
 from tuneloop.evaluate.compare import MeanScores, bootstrap_indices, compare
 from tuneloop.evaluate.provenance import check_no_test_overlap, split_row_hashes
@@ -54,17 +59,23 @@ def evaluate(
     from tuneloop import registry
 
     examples, test_sha, source = load_test(cfg, private)
-    wrong = sorted({e.kind for e in examples if e.kind not in ("preference", "ranked")})
+    wrong = sorted({e.kind for e in examples if e.kind not in ("preference", "ranked", "unpaired")})
     if wrong:
         raise UserError(f"the test set holds {', '.join(wrong)} rows; a preference run is scored on preference pairs")
-    pairs = pairs_of(examples)
+    pairs = pairs_of([e for e in examples if e.kind != "unpaired"])
+    rated = rated_of([e for e in examples if e.kind == "unpaired"])
     limit = limit or cfg.eval.max_examples
-    pairs = pairs[:limit] if limit else pairs
+    pairs, rated = (pairs[:limit], rated[:limit]) if limit else (pairs, rated)
     methods = {d.name: run_method(d) for d in run_dirs}
     families = {family_of(m) for m in methods.values()}
     if len(families) > 1:
         raise UserError(
-            "evaluate reward-model runs, dpo/ipo runs and simpo/orpo runs separately: their bases and scores differ"
+            "evaluate reward-model runs, dpo/ipo/kto runs and simpo/orpo runs separately: their bases and scores differ"
+        )
+    if rated and families != {"dpo"}:
+        raise UserError(
+            f"the test set holds {len(rated)} unpaired rows (single rated answers); they are scored by the implicit "
+            "reward of a dpo, ipo or kto run, not a reward-model or simpo/orpo run: evaluate this run on pairs"
         )
     test_hashes = None if private else split_row_hashes(cfg.path(cfg.data.prepared_dir))
     for d in run_dirs:
@@ -72,10 +83,12 @@ def evaluate(
         if test_hashes is not None:
             check_no_test_overlap(d, test_hashes, len(test_hashes))
     uses = record_test_use(cfg, test_sha, [d.name for d in run_dirs], private)
-    console.note(f"test set: {len(pairs)} pairs from the {source} (evaluated {uses} time(s) so far)")
+    shown = f"{len(pairs)} pairs" + (f" and {len(rated)} rated answers" if rated else "")
+    console.note(f"test set: {shown} from the {source} (evaluated {uses} time(s) so far)")
 
     family = families.pop()
     margins: dict[str, np.ndarray] = {}  # per pair: the system's score of chosen minus rejected
+    rewards: dict[str, np.ndarray] = {}  # per rated answer: the system's implicit reward (dpo family only)
     if family == "reward":
         margins[BASE] = _reward_margins(_base_reward_scorer(cfg), pairs)
         for d in run_dirs:
@@ -97,15 +110,30 @@ def evaluate(
             gc.collect()
     else:
         margins[BASE] = np.zeros(len(pairs))  # the reference's implicit reward is 0: every pair ties
+        rewards[BASE] = np.zeros(len(rated))
         for d in run_dirs:
             console.note(f"scoring with {d.name}")
-            margins[d.name] = implicit_reward_margins(cfg, d, pairs)
+            margins[d.name] = implicit_reward_margins(cfg, d, pairs) if pairs else np.zeros(0)
+            rewards[d.name] = rated_rewards(cfg, d, rated) if rated else np.zeros(0)
             gc.collect()
 
-    indices = bootstrap_indices(len(pairs), cfg.eval.bootstrap, cfg.eval.seed)
-    scores = {name: system_scores(m, family) for name, m in margins.items()}
+    indices = {"pairs": bootstrap_indices(len(pairs), cfg.eval.bootstrap, cfg.eval.seed)}
+    scores = {name: system_scores(m, family) if pairs else {} for name, m in margins.items()}
+    if rated:
+        indices["rated"] = bootstrap_indices(len(rated), cfg.eval.bootstrap, cfg.eval.seed)
+        labels = np.array([r.desirable for r in rated])
+        for name, r in rewards.items():
+            scores[name]["label_accuracy"] = MeanScores("label_accuracy", label_agreement(r, labels))
     comparisons = {
-        name: {metric: compare(scores[BASE][metric], s[metric], indices, cfg.eval.confidence).to_json() for metric in s}
+        name: {
+            metric: compare(
+                scores[BASE][metric],
+                s[metric],
+                indices["rated" if metric in RATED_METRICS else "pairs"],
+                cfg.eval.confidence,
+            ).to_json()
+            for metric in s
+        }
         for name, s in scores.items()
         if name != BASE
     }
@@ -116,7 +144,9 @@ def evaluate(
         "test": {
             "source": source,
             "sha256": test_sha,
-            "examples": len(pairs),
+            "examples": len(pairs) + len(rated),
+            "pairs": len(pairs),
+            "rated": len(rated),
             "records": len(examples),
             "private": private,
             "evaluations": uses,
@@ -136,6 +166,10 @@ def evaluate(
         for i, pair in enumerate(pairs):
             row = {"id": pair.id, "margins": {name: round(float(m[i]), 6) for name, m in margins.items()}}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for i, answer in enumerate(rated):
+            row = {"id": answer.id, "desirable": answer.desirable}
+            row["rewards"] = {name: round(float(r[i]), 6) for name, r in rewards.items()}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     write_reports(out_dir, report)
     for d in run_dirs:
@@ -150,7 +184,7 @@ SCORED_BY = {
 }
 BASE_MEANS = {
     "dpo": "the reference model (the runs' starting point): its implicit reward is 0 for every answer, so every "
-    "pair is a tie, scored 0.5",
+    "pair (and every rated answer) is a tie, scored 0.5",
     "reward": "the base model with the score head as training initialised it (train.seed), before any training",
     "free": "the model the runs started from (the base, or their start run), scored the same way",
 }
@@ -173,6 +207,15 @@ def run_method(run_dir: Path) -> str:
     if method not in PREFERENCE_METHODS:
         raise UserError(f"{run_dir.name} was trained with method.name {method}, not a preference method")
     return method
+
+
+RATED_METRICS = ("label_accuracy",)  # scored over the unpaired rows, not the pairs
+
+
+def label_agreement(rewards: np.ndarray, desirable: np.ndarray) -> np.ndarray:
+    """Per rated answer: 1 when its implicit reward has its label's sign (> 0 desirable, < 0 undesirable), 0.5 at 0."""
+    signed = np.where(desirable, rewards, -rewards)
+    return np.where(signed > 0, 1.0, np.where(signed == 0, 0.5, 0.0))
 
 
 def system_scores(margins: np.ndarray, family: str) -> dict[str, MeanScores]:
@@ -211,7 +254,35 @@ def _base_reward_scorer(cfg: ProjectConfig) -> Any:
 
 
 def implicit_reward_margins(cfg: ProjectConfig, run_dir: Path, pairs: list[Pair]) -> np.ndarray:
-    """β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] per pair, for a dpo/ipo run."""
+    """β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] per pair, for a dpo/ipo/kto run."""
+
+    def rows(renderer: Any) -> list[tuple[list[int], list[int]]]:
+        rendered = _rendered(renderer, pairs, f"{run_dir.name}'s")
+        return [(r["prompt_ids"], r["chosen_ids"]) for r in rendered] + [
+            (r["prompt_ids"], r["rejected_ids"]) for r in rendered
+        ]
+
+    rewards = implicit_rewards(cfg, run_dir, rows)
+    return rewards[: len(pairs)] - rewards[len(pairs) :]
+
+
+def rated_rewards(cfg: ProjectConfig, run_dir: Path, rated: list[Rated]) -> np.ndarray:
+    """β·(log π − log π_ref) of each rated answer, for a dpo/ipo/kto run."""
+
+    def rows(renderer: Any) -> list[tuple[list[int], list[int]]]:
+        rendered = render_rated(renderer, rated)
+        bad = [f"{r.id}: {t}" for r, t in zip(rated, rendered, strict=True) if not isinstance(t, dict)]
+        if bad:
+            raise UserError(
+                f"{len(bad)} test answers cannot be rendered with {run_dir.name}'s template:\n  " + "\n  ".join(bad[:5])
+            )
+        return [(t["prompt_ids"], t["completion_ids"]) for t in rendered if isinstance(t, dict)]
+
+    return implicit_rewards(cfg, run_dir, rows)
+
+
+def implicit_rewards(cfg: ProjectConfig, run_dir: Path, rows_of: Any) -> np.ndarray:
+    """β·(log π − log π_ref) of each (prompt ids, answer ids) row `rows_of(the run's Renderer)` gives."""
     from peft import PeftModel
 
     from tuneloop import runs
@@ -221,20 +292,17 @@ def implicit_reward_margins(cfg: ProjectConfig, run_dir: Path, pairs: list[Pair]
     preference = (run_cfg.get("method") or {}).get("preference") or {}
     beta, start = float(preference.get("beta", 0.1)), preference.get("start")
     policy, tokenizer = runs.load_final(cfg, run_dir)
-    rendered = _rendered(Renderer(tokenizer), pairs, f"{run_dir.name}'s")
-    chosen = [(r["prompt_ids"], r["chosen_ids"]) for r in rendered]
-    rejected = [(r["prompt_ids"], r["rejected_ids"]) for r in rendered]
+    rows = rows_of(Renderer(tokenizer))
     batch = cfg.eval.batch_size
-    policy_c, policy_r = answer_logps(policy, chosen, batch), answer_logps(policy, rejected, batch)
+    logps = answer_logps(policy, rows, batch)
     if isinstance(policy, PeftModel) and start is None:
         with policy.disable_adapter():  # the adapter-off model is the reference, as in training
-            ref_c, ref_r = answer_logps(policy, chosen, batch), answer_logps(policy, rejected, batch)
+            ref = answer_logps(policy, rows, batch)
     else:
         del policy
         gc.collect()
-        reference = _reference(cfg, start)
-        ref_c, ref_r = answer_logps(reference, chosen, batch), answer_logps(reference, rejected, batch)
-    return beta * ((policy_c - ref_c) - (policy_r - ref_r))
+        ref = answer_logps(_reference(cfg, start), rows, batch)
+    return beta * (logps - ref)
 
 
 def mean_logp_margins(cfg: ProjectConfig, model: Any, pairs: list[Pair]) -> np.ndarray:
@@ -300,7 +368,8 @@ def answer_logps(model: Any, rows: list[tuple[list[int], list[int]]], batch_size
 def write_reports(out_dir: Path, report: dict[str, Any]) -> None:
     """report.md and a self-contained report.html (every text escaped) with the comparison table."""
     lines = [
-        f"# Preference evaluation: {report['test']['examples']} test pairs",
+        f"# Preference evaluation: {report['test']['pairs']} test pairs"
+        + (f", {report['test']['rated']} rated answers" if report["test"].get("rated") else ""),
         "",
         f"Scored by {report['scored_by']}. Base: {report['base']['what']}.",
         "",

@@ -1,4 +1,5 @@
-"""Preference tuning: `tuneloop train` with `task.type: preference` and method.name dpo, ipo, simpo, orpo or reward.
+"""Preference tuning: `tuneloop train` with `task.type: preference` and method.name dpo, ipo, simpo, orpo, kto or
+reward (kto's own parts, rated answers instead of pairs, are in train/kto.py).
 
 The recipe, top to bottom:
 1. read the prepared preference and ranked records; a ranking becomes every better-worse pair of it;
@@ -34,7 +35,7 @@ from tuneloop.data.formats import Example, RowError
 from tuneloop.data.pairs import PairTokens, pairs_of, render_pairs
 from tuneloop.data.prepared import load_split
 from tuneloop.errors import UserError
-from tuneloop.train import checkpoint
+from tuneloop.train import checkpoint, kto
 from tuneloop.train.callbacks import BestAndEarlyStop, GracefulStop, MetricsFile, Progress
 from tuneloop.train.common import (
     TrainResult,
@@ -68,9 +69,15 @@ PREFERENCE_KINDS = ("preference", "ranked")
 # --------------------------------------------------------------------------- 1-2. data
 
 
-def check_kinds(examples: list[Example], split: str) -> None:
-    """Only preference and ranked records train a preference method."""
-    wrong = sorted({e.kind for e in examples if e.kind not in PREFERENCE_KINDS})
+def check_kinds(examples: list[Example], split: str, method: str) -> None:
+    """Only preference and ranked records train a preference method; kto also trains on unpaired ones."""
+    kinds = kto.KINDS if method == "kto" else PREFERENCE_KINDS
+    wrong = sorted({e.kind for e in examples if e.kind not in kinds})
+    if "unpaired" in wrong:
+        raise UserError(
+            f"the {split} split holds unpaired records (one answer rated desirable or not): method.name {method} "
+            "compares pairs of answers; train rated answers with method.name kto"
+        )
     if wrong:
         raise UserError(
             f"the {split} split holds {', '.join(wrong)} examples; preference tuning trains on preference "
@@ -214,9 +221,9 @@ def adapter_config(cfg: ProjectConfig, model: Any) -> Any:
 def make_trainer_class(method: str) -> type:
     """TRL's trainer for `method` with tuneloop's checkpoints and NaN guard. Built lazily (imports TRL)."""
     from transformers import Trainer
-    from trl import DPOTrainer, RewardTrainer
+    from trl import DPOTrainer, KTOTrainer, RewardTrainer
 
-    base = RewardTrainer if method == "reward" else DPOTrainer
+    base = {"reward": RewardTrainer, "kto": KTOTrainer}.get(method, DPOTrainer)
     if method in REFERENCE_FREE:
         from trl.experimental.cpo import CPOTrainer
         from trl.experimental.orpo import ORPOTrainer
@@ -232,12 +239,13 @@ def make_trainer_class(method: str) -> type:
             self.guard = StepGuard(self)
             self.add_callback(self.guard)
 
-        if base is DPOTrainer:
+        if base in (DPOTrainer, KTOTrainer):
 
             def _prepare_dataset(self, dataset, *args, **kwargs):
-                # The pairs arrive tokenized by tuneloop's Renderer. DPOTrainer 1.16 has no public switch for
-                # pre-tokenized pairs: its preparation would re-render the text with its own template call
-                # and tokenize prompt + answer joined, which is what the shared Renderer exists to avoid.
+                # The pairs (or kto's rated answers) arrive tokenized by tuneloop's Renderer. DPOTrainer and
+                # KTOTrainer 1.16 have no public switch for pre-tokenized rows: their preparation would re-render
+                # the text with their own template call and tokenize prompt + answer joined, which is what the
+                # shared Renderer exists to avoid. kto's KL columns are added in train/kto.py (`ordered_rows`).
                 return dataset
 
         if method in REFERENCE_FREE:
@@ -267,13 +275,17 @@ def make_trainer_class(method: str) -> type:
     return PreferenceTrainer
 
 
-def trainer_config(cfg: ProjectConfig, run_dir: Path, precision: str, has_val: bool, resuming: bool) -> Any:
-    """DPOConfig or RewardConfig: the SFT recipe's TrainingArguments plus the method's own settings."""
+def trainer_config(
+    cfg: ProjectConfig, run_dir: Path, precision: str, has_val: bool, resuming: bool, kto_weights: Any = None
+) -> Any:
+    """DPOConfig, KTOConfig or RewardConfig: the SFT recipe's TrainingArguments plus the method's own settings."""
     from trl import DPOConfig, RewardConfig
 
     common = training_kwargs(cfg, run_dir, precision, "padded", has_val, resuming)
     common["train_sampling_strategy"] = "random"
     common["average_tokens_across_devices"] = False  # TRL's losses are means over pairs, not token sums
+    if cfg.method.name == "kto":
+        return kto.trainer_config(cfg, common, kto_weights)
     if cfg.method.name == "reward":
         return RewardConfig(**common, max_length=None, disable_dropout=True)
     preference = cfg.method.preference
@@ -312,6 +324,8 @@ def trainer_config(cfg: ProjectConfig, run_dir: Path, precision: str, has_val: b
 
 
 def collator(method: str, pad_id: int) -> PairCollator:
+    if method == "kto":
+        return PairCollator(kto.collator(pad_id))
     if method == "reward":
         from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
 
@@ -330,7 +344,7 @@ def collator(method: str, pad_id: int) -> PairCollator:
 
 
 def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | None = None) -> TrainResult:
-    """Train `cfg`'s preference method (dpo, ipo or reward) on the prepared pairs.
+    """Train `cfg`'s preference method (dpo, ipo, simpo, orpo, kto or reward) on the prepared pairs (or rated answers).
 
     `resume` is a run folder to continue from its last checkpoint; `run_dir` an empty folder to start a new
     run in (default: a fresh one under output.dir).
@@ -358,22 +372,29 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
         check_same_data(manifest, Path(resume))
     if not train_examples:
         raise UserError(f"the train split in {cfg.path(cfg.data.prepared_dir)} is empty; nothing to train on")
-    check_kinds(train_examples, "train")
-    check_kinds(val_examples, "val")
+    check_kinds(train_examples, "train", method)
+    check_kinds(val_examples, "val", method)
     if cfg.train.examples is not None:
         train_examples = subset(train_examples, cfg.train.examples, cfg.data.seed)
     if cfg.train.val_examples is not None and cfg.train.val_examples < len(val_examples):
         val_examples = subset(val_examples, cfg.train.val_examples, cfg.data.seed)
     model, tokenizer = load_start(cfg)
     check_template(manifest, tokenizer)
-    train_items = render_split(train_examples, tokenizer, cfg, "train")
-    val_items = render_split(val_examples, tokenizer, cfg, "val") if val_examples else []
+    render = kto.render_split if method == "kto" else render_split
+    train_items: list[Any] = render(train_examples, tokenizer, cfg, "train")
+    val_items: list[Any] = render(val_examples, tokenizer, cfg, "val") if val_examples else []
+    what = "answer" if method == "kto" else "pair"
     if not train_items:
-        raise UserError("no train pair is left to train on; check data.max_length and the rejects report")
+        raise UserError(f"no train {what} is left to train on; check data.max_length and the rejects report")
     if not val_items:
-        console.warn("no validation pairs: no validation metrics, best checkpoint or early stopping")
+        console.warn(f"no validation {what}s: no validation metrics, best checkpoint or early stopping")
+    kto_weights = kto.loss_weights(cfg, train_items) if method == "kto" else None
     if method == "reward":
         train_rows, val_rows = reward_rows(train_items), reward_rows(val_items)
+    elif method == "kto":
+        size, seed = cfg.train.batch_size, cfg.train.seed
+        train_rows = kto.ordered_rows(train_items, size, seed, shuffle=True)
+        val_rows = kto.ordered_rows(val_items, size, seed, shuffle=False)
     else:
         train_rows, val_rows = [dict(i) for i in train_items], [dict(i) for i in val_items]
 
@@ -387,13 +408,13 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
 
     reference = None
     peft = adapter_config(cfg, model)
-    if peft is None and method in DPO_LOSSES:
+    if peft is None and (method in DPO_LOSSES or method == "kto"):
         import copy
 
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # the starting point, frozen
-    args = trainer_config(cfg, run_dir, precision, bool(val_rows), resume_from is not None)
+    args = trainer_config(cfg, run_dir, precision, bool(val_rows), resume_from is not None, kto_weights)
     stop = GracefulStop()
-    metrics_file = MetricsFile(run_dir / runs.METRICS, names=METRIC_NAMES)
+    metrics_file = MetricsFile(run_dir / runs.METRICS, names=kto.METRIC_NAMES if method == "kto" else METRIC_NAMES)
     checkpoints = run_dir / "checkpoints"
     if rank0:
         checkpoint.remove_incomplete(checkpoints)
@@ -406,7 +427,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
         BestAndEarlyStop(cfg.train.metric, cfg.train.metric != "loss", cfg.train.early_stopping_patience),
         stop,
     ]
-    extra = {"ref_model": reference} if method in DPO_LOSSES else {}
+    extra = {"ref_model": reference} if method in DPO_LOSSES or method == "kto" else {}
     torch.manual_seed(cfg.train.seed)
     trainer = make_trainer_class(method)(
         model=model,
@@ -448,9 +469,10 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
         "processes": trainer.args.world_size,
         "parameters": {"trainable": params.trainable, "total": params.total},
         "precision": {"chosen": precision, "why": why},
-        "examples": {"train_pairs": len(train_items), "val_pairs": len(val_items)},
+        "examples": {f"train_{what}s": len(train_items), f"val_{what}s": len(val_items)},
         "best": {"metric": f"eval_{cfg.train.metric}", "value": state.best_metric, "step": state.best_global_step},
         "validation": final_validation(state, method),
+        **({"kto_weights": {"desirable": kto_weights[0], "undesirable": kto_weights[1]}} if kto_weights else {}),
         "this_session": {"seconds": round(elapsed, 2)},
         "final": str(final_dir.relative_to(run_dir)) if final_dir else None,
         "signal": stop.signal if stopped else None,
@@ -473,6 +495,8 @@ def final_validation(state: Any, method: str) -> dict[str, float] | None:
     row = next((h for h in reversed(evals) if h["step"] == step), evals[-1])
     if method == "reward":
         keys = {"eval_loss": "loss", "eval_accuracy": "pair_accuracy", "eval_margin": "reward_margin"}
+    elif method == "kto":
+        keys = kto.final_metric_names()
     else:
         keys = {
             "eval_loss": "loss",
