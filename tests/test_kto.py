@@ -367,11 +367,8 @@ def test_eval_scores_implicit_reward_like_trl(kto_run: Path):
     for label, key in ((True, "reward_desirable"), (False, "reward_undesirable")):
         means = []
         for start in range(0, len(rated), size):
-            batch = [
-                float(r)
-                for a, r in zip(rated[start : start + size], rewards[start : start + size])
-                if a.desirable is label
-            ]
+            answers, scores = rated[start : start + size], rewards[start : start + size]
+            batch = [float(r) for a, r in zip(answers, scores, strict=True) if a.desirable is label]
             if batch:
                 means.append(sum(batch) / len(batch))
         assert sum(means) / len(means) == pytest.approx(final[key], rel=1e-4, abs=1e-5)
