@@ -405,3 +405,46 @@ def test_kto_on_pairs_trains_and_scores_preference_accuracy(tmp_path: Path, tiny
     c = result.report["comparisons"][run.name]["preference_accuracy"]
     assert c["baseline"] == 0.5 and c["candidate"] > 0.5
     assert set(result.report["comparisons"][run.name]) == {"preference_accuracy", "reward_margin"}
+
+
+# --------------------------------------------------------------------------- monitor export: feedback as rated answers
+
+
+def test_monitor_export_writes_thumbs_up_and_down_as_rated_answers_for_a_kto_project(project: Path):
+    """A kto project's feedback is training data as it is: thumbs up → desirable, thumbs down → undesirable (no
+    review needed), a correction → desirable with the model's answer undesirable; `data prepare` reads the file."""
+    from tests.test_monitor_export import logged
+    from tuneloop.data.formats import detect_format, read_rows
+    from tuneloop.monitor import export as monitor_export
+    from tuneloop.traffic import TrafficLog
+
+    (project / "tuneloop.yaml").write_text("task: {objective: x, type: preference}\nmethod: {name: kto}\n")
+    cfg = config.load(project / "tuneloop.yaml")
+    log = TrafficLog.open(project / "monitor" / "traffic.sqlite")
+    log.write(logged(1, output="go to settings"))
+    log.write(logged(2, output="no"))
+    log.write(logged(3, output="wrong"))
+    log.write(logged(4, prompt="Once upon a time", output="the end"))
+    log.write(logged(5, output="unrated"))
+    log.add_feedback("chatcmpl-1", "up")
+    log.add_feedback("chatcmpl-2", "down")
+    log.add_feedback("chatcmpl-3", "down", correction="right")
+    log.add_feedback("cmpl-4", "up")
+    log.close()
+    out = project / "out.jsonl"
+    result = monitor_export.export(cfg, out=out)
+    q = [[{"role": "user", "content": f"question {i}"}] for i in range(4)]
+    assert _rows(out) == [
+        {"prompt": q[1], "completion": "go to settings", "label": True, "traffic_id": "chatcmpl-1"},
+        {"prompt": q[2], "completion": "no", "label": False, "traffic_id": "chatcmpl-2"},
+        {"prompt": q[3], "completion": "right", "label": True, "traffic_id": "chatcmpl-3"},
+        {"prompt": q[3], "completion": "wrong", "label": False, "traffic_id": "chatcmpl-3"},
+        {"prompt": "Once upon a time", "completion": "the end", "label": True, "traffic_id": "cmpl-4"},
+    ]
+    assert (result.rated, result.corrected, result.review_rows) == (3, 1, 0)
+    rows = list(read_rows(out, "out.jsonl"))
+    assert detect_format(rows, "out.jsonl") == "unpaired"
+    assert [to_example(r.value, "unpaired", "x").desirable for r in rows] == [True, False, True, False, True]
+    # --only down: the thumbs-down ones alone (corrected or not)
+    monitor_export.export(cfg, only="down", out=out)
+    assert [r["traffic_id"] for r in _rows(out)] == ["chatcmpl-2", "chatcmpl-3", "chatcmpl-3"]

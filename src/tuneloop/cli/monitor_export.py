@@ -47,6 +47,7 @@ def export(
     console.note(
         f"{result.with_feedback} responses with feedback {window}: {result.corrected} corrected, "
         f"{result.down_uncorrected} thumbs-down without a correction"
+        + (f", {result.rated} rated answers without a correction (kto)" if result.rated else "")
         + (f"; {result.flagged} more answers flagged by the output signals" if checks is not None else "")
         + (f", {result.not_logged} whose request is not in the log" if result.not_logged else "")
     )

@@ -25,6 +25,10 @@ The record format follows the project's task type:
                         earlier assistant turns with weight 0 (only the correction is endorsed);
                         text completions: {"prompt", "completion"} in a second file (-completions)
   preference            {"prompt", "chosen": correction, "rejected": the model's answer}
+  preference, kto       rated answers, {"prompt", "completion", "label": true|false} (TRL's unpaired format):
+                        a thumbs up or down rates the model's answer, so it is a training record even
+                        without a correction (not a review entry); a correction is a desirable answer and
+                        the model's answer it replaces an undesirable one. `all` picks thumbs up too.
   classification        {"text": the user's text, "label": correction}
 """
 
@@ -61,6 +65,7 @@ class ExportResult:
     down_uncorrected: int = 0
     flagged: int = 0  # flagged answers sent to review (neither corrected nor rated up)
     not_logged: int = 0  # feedback whose request is not in the log (deleted, or another log)
+    rated: int = 0  # kto: uncorrected answers written as rated by their thumbs up or down
     skipped: list[dict[str, str]] = field(default_factory=list)  # {id, reason}: picked but not convertible
 
 
@@ -92,6 +97,7 @@ def export(
             requests.setdefault(row["id"], row)
         flags = answer_flags(list(requests.values()), checks)
 
+    kto = cfg.task.type == "preference" and cfg.method.name == "kto"
     records: dict[str, list[dict[str, Any]]] = {"main": [], "completions": []}
     review: list[dict[str, Any]] = []
     for rid, row in sorted(requests.items(), key=lambda item: (item[1]["time"], item[0])):
@@ -103,8 +109,18 @@ def export(
             (down and only in ("down", "all"))
             or (corrected and only in ("corrected", "all"))
             or (flagged and only in ("flagged", "all"))
+            or (kto and fb is not None and fb["rating"] == "up" and only == "all")
         )
         if not picked:
+            continue
+        if kto and fb is not None and (corrected or fb["rating"] is not None):
+            try:
+                records["main"] += rated_records(row, fb)
+            except ValueError as e:
+                result.skipped.append({"id": rid, "reason": str(e)})
+                continue
+            result.corrected += corrected
+            result.rated += not corrected
             continue
         if corrected:
             assert fb is not None
@@ -139,18 +155,7 @@ def training_record(row: TrafficRow, fb: FeedbackRow, task_type: str) -> tuple[s
     request cannot become a record of the task's format (the reason is reported, the row skipped)."""
     correction = (fb["correction"] or "").strip()
     source = {"traffic_id": row["id"]}
-    if row["messages"] is not None:
-        conversation = [m for m in row["messages"] if m["content"].strip()]
-        if not conversation or conversation[-1]["role"] != "user":
-            raise ValueError("the conversation does not end with a user turn")
-        prompt: list[dict[str, Any]] | str = conversation
-        user_text = conversation[-1]["content"]
-    elif row["prompt"]:
-        if row["params"].get("prompts"):
-            raise ValueError("a request with several prompts has one correction for several answers")
-        prompt = user_text = row["prompt"]
-    else:
-        raise ValueError("the request has neither messages nor a prompt")
+    prompt, user_text = request_prompt(row)
     if task_type == "preference":
         if row["output"].strip() == correction:
             raise ValueError("the correction is the model's own answer: no preference to learn")
@@ -161,6 +166,40 @@ def training_record(row: TrafficRow, fb: FeedbackRow, task_type: str) -> tuple[s
         return "completions", {"prompt": prompt, "completion": correction, **source}
     earlier = [dict(m, weight=0) if m["role"] == "assistant" else dict(m) for m in prompt]
     return "main", {"messages": [*earlier, {"role": "assistant", "content": correction}], **source}
+
+
+def request_prompt(row: TrafficRow) -> tuple[list[dict[str, Any]] | str, str]:
+    """(the prompt as a record holds it: the conversation, or a completion's text; the user's last text).
+    ValueError when the request has no single prompt to train on."""
+    if row["messages"] is not None:
+        conversation = [m for m in row["messages"] if m["content"].strip()]
+        if not conversation or conversation[-1]["role"] != "user":
+            raise ValueError("the conversation does not end with a user turn")
+        return conversation, conversation[-1]["content"]
+    if row["prompt"]:
+        if row["params"].get("prompts"):
+            raise ValueError("a request with several prompts has one correction for several answers")
+        return row["prompt"], row["prompt"]
+    raise ValueError("the request has neither messages nor a prompt")
+
+
+def rated_records(row: TrafficRow, fb: FeedbackRow) -> list[dict[str, Any]]:
+    """A kto project's records for a response people judged, in the `unpaired` format: a correction is a
+    desirable answer and the model's answer it replaces an undesirable one (unless they are the same); without
+    a correction, the thumbs up or down rates the model's answer. ValueError when nothing can be written."""
+    prompt, _ = request_prompt(row)
+    source = {"traffic_id": row["id"]}
+    correction = (fb["correction"] or "").strip()
+    output = row["output"] or ""
+    records = []
+    if correction:
+        records.append({"prompt": prompt, "completion": correction, "label": True, **source})
+    if output.strip() and output.strip() != correction:
+        desirable = not correction and fb["rating"] == "up"  # a corrected answer was not the one wanted
+        records.append({"prompt": prompt, "completion": output, "label": desirable, **source})
+    if not records:
+        raise ValueError("the answer is empty and there is no correction: nothing to rate")
+    return records
 
 
 def answer_flags(rows: list[TrafficRow], checks: OutputChecks) -> dict[str, list[str]]:
