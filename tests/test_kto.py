@@ -308,6 +308,17 @@ def test_kto_moves_desirable_up_relative_to_undesirable(kto_run: Path):
     assert last["eval_loss"] < first["eval_loss"]
     summary = json.loads((kto_run / "summary.json").read_text())
     assert summary["method"] == "kto" and summary["validation"]["reward_margin"] == last["eval_reward_margin"]
+    # and by the records' own labels (not the trainer's view of them): the final model's implicit reward
+    from tuneloop.data.pairs import rated_of
+    from tuneloop.data.prepared import load_split
+    from tuneloop.evaluate.preference import rated_rewards
+
+    cfg = config.load(kto_run.parent.parent / "tuneloop.yaml")
+    rated = rated_of(load_split(cfg, "val")[0] + load_split(cfg, "test")[0])
+    rewards = rated_rewards(cfg, kto_run, rated)
+    up = [float(r) for a, r in zip(rated, rewards, strict=True) if a.desirable]
+    down = [float(r) for a, r in zip(rated, rewards, strict=True) if not a.desirable]
+    assert up and down and sum(up) / len(up) > sum(down) / len(down) + 0.1
     assert (kto_run / "final" / "adapter_model.safetensors").is_file()  # an adapter on the configured base
 
 

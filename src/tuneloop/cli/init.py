@@ -26,7 +26,7 @@ OBJECTIVES = {
 # preferences); a classifier fine-tunes the embedded MiniLM encoder (for its size, an encoder classifies better).
 START: dict[str, tuple[str, str, str]] = {
     "classification": (DEFAULT_ENCODER, "full", "features | last_k | lora | full (tuneloop compare-strategies)"),
-    "preference": (DEFAULT_MODEL, "dpo", "dpo | ipo | simpo | orpo | reward"),
+    "preference": (DEFAULT_MODEL, "dpo", "dpo | ipo | simpo | orpo | kto | reward"),
 }
 GENERATIVE_START = (DEFAULT_MODEL, "lora", "full | lora | qlora | dora | prompt_tuning | prefix_tuning")
 
