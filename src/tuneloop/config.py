@@ -499,6 +499,11 @@ class EvalConfig(_Section):
         description="Reuse the base model's outputs when its weights, test set, decoding, probes and forgetting "
         "set are unchanged (kept under output.dir/.cache/base-eval).",
     )
+    reward_model: str | None = Field(
+        default=None,
+        description="A reward run (method.name: reward) folder: every answer is scored with it, and each run's win "
+        "rate over the base is reported.",
+    )
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     redteam: RedTeamConfig = Field(default_factory=RedTeamConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)

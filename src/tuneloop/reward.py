@@ -29,11 +29,24 @@ def load_reward_model(run_dir: Path, batch_size: int = 8) -> RewardFunction:
     conversational completions). Runs in float32 without gradients. Raises UserError for a folder that is
     not a finished reward run, ValueError for a prompt/completion that cannot be rendered.
     """
-    import yaml
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from tuneloop.models import load_tokenizer, refuse_pickled_weights
+
+    final = check_reward_run(run_dir)
+    refuse_pickled_weights(final, "the reward model")
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(final), dtype="float32", use_safetensors=True)
+    finally:
+        hf_logging.enable_progress_bar()
+    return scorer(model, load_tokenizer(final), batch_size)
+
+
+def check_reward_run(run_dir: Path) -> Path:
+    """The `final/` folder of a finished reward run; UserError for any other folder. Reads no weights."""
+    import yaml
 
     run_dir = Path(run_dir)
     resolved = run_dir / RESOLVED_FILENAME
@@ -45,13 +58,7 @@ def load_reward_model(run_dir: Path, batch_size: int = 8) -> RewardFunction:
         raise UserError(
             f"{run_dir} has no final/ model (the run did not finish); resume it with `tuneloop train --resume`"
         )
-    refuse_pickled_weights(final, "the reward model")
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(final), dtype="float32", use_safetensors=True)
-    finally:
-        hf_logging.enable_progress_bar()
-    return scorer(model, load_tokenizer(final), batch_size)
+    return final
 
 
 def scorer(model: Any, tokenizer: Any, batch_size: int = 8) -> RewardFunction:

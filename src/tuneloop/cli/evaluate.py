@@ -61,8 +61,10 @@ def evaluate(
 
 
 def print_report(r: dict, out_dir: Path) -> None:
-    """The compact verdict table: each metric per run vs base, forgetting, output signals, report path."""
+    """The compact verdict table: each metric per run vs base, reward and win rates, forgetting, output signals,
+    report path."""
     from tuneloop import console
+    from tuneloop.evaluate.winrate import console_lines as winrate_lines
 
     lines = []
     for name, per in r["comparisons"].items():
@@ -72,6 +74,7 @@ def print_report(r: dict, out_dir: Path) -> None:
                 f"  {metric:24} {c['baseline']:10.4g} → {c['candidate']:<10.4g} {c['delta']:+9.4g} "
                 f"[{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]  {c['verdict']}"
             )
+        lines += winrate_lines(r, name)
         for measure, f in ((r.get("forgetting") or {}).get(name) or {}).items():
             verdict = "REGRESSED" if f["regressed"] else "ok"
             lines.append(

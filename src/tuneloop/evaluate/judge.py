@@ -140,6 +140,14 @@ def judge_systems(cfg: Any, cases: list[Any], systems: list[Any], scores: dict[s
     return {"summary": summary, "details": details}
 
 
+def pairwise_outcomes(cfg: Any, cases: list[Any], base: Any, tuned: Any) -> list[float | None]:
+    """Per case, the judge asked in both orders: 1 tuned preferred, 0 base preferred, 0.5 tie or flip, None unparsed.
+
+    `cases` need `.prompt` and `.reference`; `base` and `tuned` need `.answers[i].text` for each case.
+    """
+    return _pairwise(_client(cfg), cfg.eval.judge.rubric, cases, base, tuned)
+
+
 def _scores(client: JudgeClient, rubric: str, cases: list[Any], system: Any) -> list[int | None]:
     return [
         parse_score(

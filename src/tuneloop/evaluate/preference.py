@@ -20,6 +20,11 @@ Unpaired test rows (one answer rated desirable or undesirable, what kto trains o
 implicit reward too, so only for dpo/ipo/kto runs: `label_accuracy` is the share of answers whose implicit
 reward has the sign of their label (above 0 for desirable, below for undesirable; 0 is a tie, 0.5). The
 base, the reference itself, ties on every answer: 0.5. Its interval is a paired bootstrap over the rows.
+
+With `eval.reward_model` or `eval.judge.url` set, a generating run (dpo, ipo, kto, simpo, orpo) is also asked
+what it was tuned for: the base (the runs' start) and each run answer every test prompt, and the report gives
+each run's win rate over the base under the reward model and/or the pairwise judge, with intervals
+(evaluate/winrate.py).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
 from tuneloop.config_preference import PREFERENCE_METHODS, REFERENCE_FREE
 from tuneloop.data.pairs import Pair, Rated, pairs_of, rated_of, render_pairs, render_rated
 from tuneloop.errors import UserError
+from tuneloop.evaluate import winrate
 from tuneloop.evaluate.compare import MeanScores, bootstrap_indices, compare
 from tuneloop.evaluate.provenance import check_no_test_overlap, split_row_hashes
 from tuneloop.evaluate.runner import EvalResult, load_test, record_test_use, test_uses
@@ -77,16 +83,17 @@ def evaluate(
             f"the test set holds {len(rated)} unpaired rows (single rated answers); they are scored by the implicit "
             "reward of a dpo, ipo or kto run, not a reward-model or simpo/orpo run: evaluate this run on pairs"
         )
+    family = families.pop()
     test_hashes = None if private else split_row_hashes(cfg.path(cfg.data.prepared_dir))
     for d in run_dirs:
         check_same_base(cfg, d)
         if test_hashes is not None:
             check_no_test_overlap(d, test_hashes, len(test_hashes))
+    wanted = _check_win_rate_settings(cfg, family, run_dirs)  # before the test set counts as looked at
     uses = record_test_use(cfg, test_sha, [d.name for d in run_dirs], private)
     shown = f"{len(pairs)} pairs" + (f" and {len(rated)} rated answers" if rated else "")
     console.note(f"test set: {shown} from the {source} (evaluated {uses} time(s) so far)")
 
-    family = families.pop()
     margins: dict[str, np.ndarray] = {}  # per pair: the system's score of chosen minus rejected
     rewards: dict[str, np.ndarray] = {}  # per rated answer: the system's implicit reward (dpo family only)
     if family == "reward":
@@ -159,9 +166,19 @@ def evaluate(
         "comparisons": comparisons,
         "confidence": cfg.eval.confidence,
         "bootstrap": cfg.eval.bootstrap,
+        "reward_model": None,
+        "judge_win_rate": None,
     }
+    answers: list[dict[str, Any]] = []
+    if wanted is not None:
+        reward_dir, start = wanted
+        win_rates, answers = win_rates_of_answers(cfg, pairs, rated, run_dirs, start, reward_dir)
+        report.update(win_rates)
     out_dir = out_dir or (run_dirs[0] / "eval" if len(run_dirs) == 1 else _shared_out_dir(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if answers:
+        with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in answers)
     with (out_dir / "outputs.jsonl").open("w", encoding="utf-8") as f:
         for i, pair in enumerate(pairs):
             row = {"id": pair.id, "margins": {name: round(float(m[i]), 6) for name, m in margins.items()}}
@@ -227,6 +244,99 @@ def system_scores(margins: np.ndarray, family: str) -> dict[str, MeanScores]:
     if family == "free":
         scores["logp_margin"] = MeanScores("logp_margin", margins)
     return scores
+
+
+# --------------------------------------------------------------------------- win rate of the answers
+
+
+def _check_win_rate_settings(
+    cfg: ProjectConfig, family: str, run_dirs: list[Path]
+) -> tuple[Path | None, str | None] | None:
+    """(the reward run or None, the runs' common start) when a win rate is asked for; None when not.
+
+    Everything that could stop the win rate is checked here, before any model is loaded.
+    """
+    if not (cfg.eval.reward_model or cfg.eval.judge.url):
+        return None
+    if family == "reward":
+        console.note("reward runs score answers and write none: no win rate for them (eval.reward_model, eval.judge)")
+        return None
+    starts = {start_of(d) for d in run_dirs}
+    if len(starts) > 1:
+        raise UserError(
+            "these runs started from different models, so no one base answers for the win rate; evaluate the runs "
+            "of each start together"
+        )
+    start = starts.pop()
+    if start is not None:
+        _start_dir(cfg, start)
+    reward_dir = winrate.reward_run(cfg)
+    if cfg.eval.judge.url:
+        from tuneloop.evaluate.judge import check_endpoint
+
+        if cfg.eval.judge.mode != "pairwise":
+            raise UserError(
+                "a preference evaluation reports the judge's win rate of tuned over base: set eval.judge.mode: "
+                "pairwise (score mode rates answers 1-5 on their own)"
+            )
+        check_endpoint(cfg)
+    return reward_dir, start
+
+
+def win_rates_of_answers(
+    cfg: ProjectConfig,
+    pairs: list[Pair],
+    rated: list[Rated],
+    run_dirs: list[Path],
+    start: str | None,
+    reward_dir: Path | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Each run's answers against its start's on every test prompt: the win rate under the reward model and/or
+    the pairwise judge ({"reward_model", "judge_win_rate"}), and one row per prompt with every answer.
+
+    The answers are generated as the generative evaluation generates them (runner.generate_answers, eval's
+    decoding), once per distinct prompt of the test pairs and rated answers: a ranking's pairs share theirs.
+    The judge is shown the prompt's chosen answer (a ranking's best; a desirable rated answer) as the
+    reference, or none when the prompt has only an undesirable one.
+    """
+    from tuneloop import runs
+    from tuneloop.data.pairs import conversation
+    from tuneloop.evaluate.runner import Case, SystemOutputs, generate_answers, load_system
+
+    firsts: dict[str, Case] = {}
+    for item in [*pairs, *rated]:
+        good = item.chosen if isinstance(item, Pair) else (item.completion if item.desirable else None)
+        case = Case(item.id, item.prompt, item.prompt[-1]["content"], good, conversation(item.prompt, good or ""))
+        firsts.setdefault(json.dumps(item.prompt, sort_keys=True), case)
+    cases = list(firsts.values())
+    conversations = [c.conversation for c in cases]
+    systems: list[SystemOutputs] = []
+    for name, run_dir in [(BASE, _start_dir(cfg, start) if start else None), *((d.name, d) for d in run_dirs)]:
+        model, tokenizer = load_system(cfg, run_dir)
+        model = runs.merged_for_inference(model)
+        answers = generate_answers(name, model, tokenizer, cfg, conversations, run_dir, "test prompts (win rate)")
+        systems.append(SystemOutputs(name, answers=answers))
+        del model
+        gc.collect()
+    texts = {s.name: [a.text for a in s.answers] for s in systems}
+    rows = [
+        {"id": c.id, "prompt": c.prompt, "answers": {n: t[i] for n, t in texts.items()}} for i, c in enumerate(cases)
+    ]
+    result: dict[str, Any] = {}
+    if reward_dir is not None:
+        indices = bootstrap_indices(len(cases), cfg.eval.bootstrap, cfg.eval.seed)
+        result["reward_model"], rewards = winrate.score_with_reward_model(
+            cfg, reward_dir, conversations, texts, indices
+        )
+        for i, row in enumerate(rows):
+            row["reward"] = {n: r[i] for n, r in rewards.items()}
+    if cfg.eval.judge.url:
+        result["judge_win_rate"], outcomes = winrate.judge_win_rates(
+            cfg, cases, systems, "the test pair's chosen answer (a ranking's best, a desirable rated answer)"
+        )
+        for i, row in enumerate(rows[: result["judge_win_rate"]["examples"]]):
+            row["judge"] = {n: o[i] for n, o in outcomes.items()}
+    return result, rows
 
 
 # --------------------------------------------------------------------------- scoring
@@ -334,11 +444,15 @@ def _reference(cfg: ProjectConfig, start: str | None) -> Any:
     if start is None:
         model, _ = load_causal_lm(cfg.model.name, "float32", cfg.model.trust_remote_code, cfg.model.revision)
         return model
+    model, _ = runs.load_final(cfg, _start_dir(cfg, start))
+    return runs.merged_for_inference(model)
+
+
+def _start_dir(cfg: ProjectConfig, start: str) -> Path:
     start_dir = cfg.path(start)
     if not start_dir.is_dir():
         raise UserError(f"a run started from {start}, which is gone; the model it started from cannot be rebuilt")
-    model, _ = runs.load_final(cfg, start_dir)
-    return runs.merged_for_inference(model)
+    return start_dir
 
 
 def answer_logps(model: Any, rows: list[tuple[list[int], list[int]]], batch_size: int) -> np.ndarray:
@@ -366,7 +480,8 @@ def answer_logps(model: Any, rows: list[tuple[list[int], list[int]]], batch_size
 
 
 def write_reports(out_dir: Path, report: dict[str, Any]) -> None:
-    """report.md and a self-contained report.html (every text escaped) with the comparison table."""
+    """report.md and a self-contained report.html (every text escaped): the comparison table, then the win rates
+    of the runs' answers when they were measured."""
     lines = [
         f"# Preference evaluation: {report['test']['pairs']} test pairs"
         + (f", {report['test']['rated']} rated answers" if report["test"].get("rated") else ""),
@@ -382,18 +497,32 @@ def write_reports(out_dir: Path, report: dict[str, Any]) -> None:
                 f"| {name} | {metric} | {c['baseline']:.4g} | {c['candidate']:.4g} | {c['delta']:+.4g} | "
                 f"[{c['ci_low']:+.3g}, {c['ci_high']:+.3g}] | {c['verdict']} |"
             )
+    lines += winrate.markdown_lines(report.get("reward_model"), report.get("judge_win_rate"), report["confidence"])
     (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell.strip())}</td>" for cell in line.strip("|").split("|")) + "</tr>"
-        for line in lines[6:]
-    )
-    head = "".join(f"<th>{html.escape(cell.strip())}</th>" for cell in lines[4].strip("|").split("|"))
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>Preference evaluation</title>"
-        f"<h1>{html.escape(lines[0][2:])}</h1><p>{html.escape(lines[2])}</p>"
-        f"<table border='1' cellpadding='4'><tr>{head}</tr>{cells}</table>"
-    )
-    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    (out_dir / "report.html").write_text(_page(lines, "Preference evaluation"), encoding="utf-8")
+
+
+def _page(lines: list[str], title: str) -> str:
+    """The markdown lines as HTML: headings, paragraphs and tables (each table's first row its header)."""
+    parts, table = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            if set(line) <= set("|-: "):
+                continue  # the markdown separator row
+            tag = "td" if table else "th"
+            table.append(
+                "<tr>" + "".join(f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in line.strip("|").split("|"))
+            )
+            continue
+        if table:
+            parts.append("<table border='1' cellpadding='4'>" + "</tr>".join(table) + "</tr></table>")
+            table = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            parts.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return "".join(parts)
 
 
 def _shared_out_dir(cfg: ProjectConfig) -> Path:

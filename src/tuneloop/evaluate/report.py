@@ -1,11 +1,11 @@
 """The evaluation report: one self-contained report.html (plots inline as PNG), plus report.md.
 
 metrics.json holds the numbers; this module only presents them. Sections, in order: the test set
-and its reuse, the runs (config, data hashes, loss curves), the metric table with intervals,
-bar charts, the distribution of per-example differences, the largest wins and losses, forgetting,
-output signals, red-team probes, the judge, and the human review when `tuneloop review results`
-has written `human-review.json` into the evaluation folder (read by that path only: evaluation
-does not import the review stage).
+and its reuse, the runs (config, data hashes, loss curves), the metric table with intervals, the
+reward model's mean reward and win rate, bar charts, the distribution of per-example differences,
+the largest wins and losses, forgetting, output signals, red-team probes, the judge, and the human
+review when `tuneloop review results` has written `human-review.json` into the evaluation folder
+(read by that path only: evaluation does not import the review stage).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.config import RESOLVED_FILENAME, ProjectConfig
+from tuneloop.evaluate.winrate import markdown_lines as winrate_markdown
 from tuneloop.plots import format_number as _num
 from tuneloop.plots import png_base64
 
@@ -253,6 +254,7 @@ def _markdown(c: dict[str, Any]) -> str:
                 f"| {m} | {_num(x['baseline'])} | {_num(x['candidate'])} | {x['delta']:+.4g} | {rel} | "
                 f"[{x['ci_low']:+.4g}, {x['ci_high']:+.4g}] | {x['verdict']} |"
             )
+    lines += winrate_markdown(r.get("reward_model"), None, r["confidence"])
     if r.get("fields"):
         f = r["fields"]
         lines += ["", "## Per-field accuracy (JSON answers)", "", "| field | " + " | ".join(r["systems"]) + " |"]

@@ -3,8 +3,9 @@
 Reads top to bottom: load the test split (and record that it was looked at) → for each model
 (the base, then every run) generate answers to the test prompts and the red-team probes, and
 measure completion perplexity and the forgetting set → score every task metric → compare each
-run with the base by paired bootstrap → optional LLM judge → write metrics.json, outputs.jsonl,
-report.md and report.html.
+run with the base by paired bootstrap → optional reward model (each run's mean reward and win rate
+over the base, winrate.py) → optional LLM judge → write metrics.json, outputs.jsonl, report.md and
+report.html.
 
 Models are loaded one at a time and freed before the next, so comparing several runs costs the
 memory of one.
@@ -26,7 +27,7 @@ from tuneloop.config import ProjectConfig
 from tuneloop.data.chat_templates import project_tokenizer
 from tuneloop.data.formats import Example
 from tuneloop.errors import UserError
-from tuneloop.evaluate import base_cache
+from tuneloop.evaluate import base_cache, winrate
 from tuneloop.evaluate.compare import Comparison, MeanScores, bootstrap_indices, compare
 from tuneloop.evaluate.json_fields import field_report
 from tuneloop.evaluate.metrics import METRIC_INFO, compute, needs_reference
@@ -200,24 +201,9 @@ def measure(
     run_dir: Path | None = None,
 ) -> SystemOutputs:
     """Generate and measure everything for one model (test answers and probes in one batched pass)."""
-    from tuneloop.generate import generate_batch
-
     out = SystemOutputs(name)
-    settings = {
-        "max_new_tokens": cfg.eval.max_new_tokens,
-        "batch_size": cfg.eval.batch_size,
-        "temperature": cfg.eval.temperature,
-        "seed": cfg.eval.seed,
-    }
     conversations = [c.conversation for c in cases] + [p.messages for p in probes]
-    with console.progress_bar(
-        f"{name}: answering {len(conversations)} test prompts and probes", len(conversations)
-    ) as advance:
-        if cfg.eval.backend == "vllm":
-            answers = _generate_vllm(cfg, run_dir, model, tokenizer, conversations, settings)
-            advance(len(conversations))
-        else:
-            answers = generate_batch(model, tokenizer, conversations, **settings, on_batch=advance)
+    answers = generate_answers(name, model, tokenizer, cfg, conversations, run_dir, "test prompts and probes")
     out.answers, out.probes = answers[: len(cases)], answers[len(cases) :]
     if "perplexity" in cfg.task.metrics:
         out.completion_nll = completion_nll(model, tokenizer, [c.example for c in cases])
@@ -227,6 +213,33 @@ def measure(
         console.note(f"{name}: forgetting check on {general.describe()}")
         out.general = forgetting.measure(model, tokenizer, general)
     return out
+
+
+def generate_answers(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    cfg: ProjectConfig,
+    conversations: list[list[dict[str, Any]]],
+    run_dir: Path | None = None,
+    what: str = "test prompts",
+) -> list[Any]:
+    """One Generation per conversation with eval's decoding (eval.backend, max_new_tokens, temperature, seed)."""
+    from tuneloop.generate import generate_batch
+
+    settings = {
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "batch_size": cfg.eval.batch_size,
+        "temperature": cfg.eval.temperature,
+        "seed": cfg.eval.seed,
+    }
+    with console.progress_bar(f"{name}: answering {len(conversations)} {what}", len(conversations)) as advance:
+        if cfg.eval.backend == "vllm":
+            answers = _generate_vllm(cfg, run_dir, model, tokenizer, conversations, settings)
+            advance(len(conversations))
+        else:
+            answers = generate_batch(model, tokenizer, conversations, **settings, on_batch=advance)
+    return answers
 
 
 def _generate_vllm(cfg, run_dir, model, tokenizer, conversations, settings) -> list[Any]:
@@ -396,6 +409,7 @@ def evaluate(
     cases = test_cases(examples)
     check_metrics(cfg, cases)
     schema = _load_schema(cfg) if "json_schema" in cfg.task.metrics else None
+    reward_dir = winrate.reward_run(cfg)  # a wrong folder fails before the test set counts as looked at
     run_names = [d.name for d in run_dirs]
     test_hashes = None if private else split_row_hashes(cfg.path(cfg.data.prepared_dir))
     for d in run_dirs:
@@ -479,6 +493,11 @@ def evaluate(
 
     flags = {s.name: [signals(a.text, a.stopped) for a in s.answers] for s in systems}
     probe_flags = {s.name: [signals(a.text, a.stopped) for a in s.probes] for s in systems}
+    reward_report, rewards = None, None
+    if reward_dir is not None:
+        answers = {s.name: [a.text for a in s.answers] for s in systems}
+        conversations = [c.conversation for c in cases]
+        reward_report, rewards = winrate.score_with_reward_model(cfg, reward_dir, conversations, answers, indices)
     judge_result = None
     if cfg.eval.judge.url and len(systems) > 1:
         from tuneloop.evaluate.judge import judge_systems
@@ -531,8 +550,9 @@ def evaluate(
         if probes
         else None,
         "judge": judge_result,
+        "reward_model": reward_report,
     }
-    _write_outputs(out_dir / "outputs.jsonl", cases, systems, scores, flags)
+    _write_outputs(out_dir / "outputs.jsonl", cases, systems, scores, flags, rewards)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     report_module.write(out_dir, report, cfg, cases, systems, scores, run_dirs)
     from tuneloop import registry
@@ -559,7 +579,7 @@ def _load_schema(cfg: ProjectConfig) -> dict:
         raise UserError(f"cannot read eval.json_schema {path}: {e}") from None
 
 
-def _write_outputs(path: Path, cases, systems, scores, flags) -> None:
+def _write_outputs(path: Path, cases, systems, scores, flags, rewards=None) -> None:
     with path.open("w", encoding="utf-8") as f:
         for i, case in enumerate(cases):
             row = {"id": case.id, "prompt": case.prompt, "reference": case.reference}
@@ -572,6 +592,8 @@ def _write_outputs(path: Path, cases, systems, scores, flags) -> None:
                     "scores": {m: float(sc.per_example[i]) for m, sc in scores[s.name].items()},
                     "flags": flags[s.name][i],
                 }
+                if rewards is not None:
+                    row[s.name]["reward"] = rewards[s.name][i]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
