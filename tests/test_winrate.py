@@ -243,3 +243,36 @@ def test_preference_eval_refuses_a_judge_that_gives_no_win_rate(dpo_run: Path, m
     cfg = config.load(dpo_run.parent.parent / "tuneloop.yaml", overrides=overrides)
     with pytest.raises(UserError, match=r"set eval\.judge\.mode: pairwise"):
         evaluate(cfg, [dpo_run])
+
+
+def test_a_kto_runs_win_rate_is_asked_on_its_rated_prompts_with_the_desirable_answer_as_reference(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    """Unpaired test rows: one answer per prompt; the judge sees a desirable answer as the reference, else none."""
+    from tests.test_kto import rated_rows
+    from tuneloop.evaluate.preference import evaluate
+    from tuneloop.train.preference import train
+
+    path = make_preference_project(tmp_path / "kto", tiny_llama, method="kto", rows=rated_rows(60))
+    _edit(path, eval={"max_new_tokens": 6, "bootstrap": 200})
+    run_dir = train(config.load(path)).run_dir
+    asked: list[str] = []
+    server = _serve(lambda prompt: asked.append(prompt) or _longer(prompt))
+    try:
+        cfg = config.load(path, overrides=[f"eval.judge.url=http://127.0.0.1:{server.server_port}/v1"])
+        report = evaluate(cfg, [run_dir], out_dir=tmp_path / "e").report
+    finally:
+        server.shutdown()
+        server.server_close()
+    answers = _rows(tmp_path / "e" / "answers.jsonl")
+    assert report["test"]["pairs"] == 0 and len(answers) == report["test"]["rated"] >= 3
+    j = report["judge_win_rate"]["runs"][run_dir.name]
+    assert j["wins"] + j["ties"] + j["losses"] == len(answers) and j["unparsed"] == 0
+    test_rows = {r["prompt"]: r for r in rated_rows(60)}
+    assert {test_rows[a["prompt"]]["label"] for a in answers} == {True, False}  # both kinds of reference
+    for answer in answers:
+        row = test_rows[answer["prompt"]]
+        shown = [p for p in asked if f"Question:\n{answer['prompt']}\n" in p]
+        assert len(shown) == 2  # asked in both orders
+        expected = row["completion"] if row["label"] else "(none)"
+        assert all(f"Reference answer:\n{expected}\n" in p for p in shown)
