@@ -261,6 +261,43 @@ def start_model(cfg: ProjectConfig, start: Path) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------- 4. the trainer
 
 
+class PromptOrder(TrainerCallback):
+    """Each epoch's prompt order as an uninterrupted run has it, also after `--resume`.
+
+    GRPOTrainer draws every epoch's order from one generator of its RepeatSampler, seeded once with
+    train.seed, and the sampler has no set_epoch: a process resumed in epoch e would draw epoch 0's
+    order again (the Trainer's own samplers are reseeded per epoch, which is why SFT and DPO resume
+    exactly). At each epoch's start this reseeds the generator and replays the e orders before it, so
+    epoch e gets the order an uninterrupted run draws. The sampler draws one permutation per epoch
+    (trl 1.16, RepeatSampler.__iter__); within the resumed epoch the Trainer then skips the batches
+    already trained, as usual. Generation is not buffered across a checkpoint: tuneloop leaves
+    num_iterations at 1 and steps_per_generation at train.grad_accum, so every optimizer step samples anew.
+    """
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        import torch
+
+        sampler = _repeat_sampler(train_dataloader)
+        if sampler is None or not sampler.shuffle:
+            return
+        epoch = int(state.epoch + 1e-6)  # the epoch about to run: a whole number at an epoch's end
+        sampler.generator.manual_seed(sampler.seed)
+        for _ in range(epoch):
+            torch.randperm(sampler.num_samples, generator=sampler.generator)
+
+
+def _repeat_sampler(loader: Any) -> Any:
+    """TRL's RepeatSampler under the (accelerate-wrapped) train dataloader, or None."""
+    from trl.trainer.utils import RepeatSampler
+
+    batches = getattr(loader, "batch_sampler", None)
+    sharded = getattr(batches, "batch_sampler", None)  # accelerate's BatchSamplerShard under several processes
+    for candidate in (getattr(batches, "sampler", None), getattr(sharded, "sampler", None)):
+        if isinstance(candidate, RepeatSampler):
+            return candidate
+    return None
+
+
 def make_trainer_class() -> type:
     """GRPOTrainer with our NaN guard on the loss and atomic checkpoints. Built lazily (imports TRL)."""
     from trl import GRPOTrainer
@@ -382,7 +419,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
         args=grpo_arguments(cfg, run_dir, precision, resume_from is not None),
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[metrics_file, Progress(), guard, stop],
+        callbacks=[PromptOrder(), metrics_file, Progress(), guard, stop],
         keep_last=cfg.train.keep_last,
         watcher=watcher,
     )
