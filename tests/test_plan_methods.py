@@ -115,6 +115,8 @@ def test_flops_per_token_count_the_reference_forward(shape: plan.ModelShape):
     assert per_token(dpo("lora", "ipo")) == 6
     assert per_token(dpo("lora", "simpo")) == 4 and per_token(dpo("full", "orpo")) == 6  # no reference
     assert per_token(grpo()) == 6 and per_token(grpo(beta=0.0)) == 4
+    # kto: policy fwd+bwd on the answer; without gradients the policy on a mismatched answer, the reference on both
+    assert per_token(dpo("lora", "kto")) == 10 and per_token(dpo("full", "kto")) == 12
     assert methods.training_flops(shape, methods.recipe(dpo("lora")), True) == 8 * n  # checkpointing recomputes
 
 
@@ -148,6 +150,10 @@ def test_pairs_count_twice_and_a_ranking_counts_its_pairs(pair_project: Path):
     p = plan.make_plan(cfg, gpus=["H100"])
     assert p.tokens == round(report["tokens_per_epoch"] * 2 * 2 * data.pairs / rows)  # epochs × sequences × pairs
     assert "pairs per record" in p.tokens_source and "2 sequences per pair" in p.tokens_source
+    kto = plan.make_plan(config.load(pair_project, ["train.max_steps=null", "method.name=kto"]), gpus=["H100"])
+    assert data.answers == 2 * data.pairs  # kto trains both answers of every pair, one sequence each
+    assert kto.tokens == round(report["tokens_per_epoch"] * 3 * data.answers / rows)  # train.epochs is 3
+    assert kto.recipe.sequences == 1 and kto.gpu_memory.reference == 0  # the adapter-off policy is its reference
 
 
 def test_grpo_time_grows_with_the_answers_sampled(chat_project: Path):

@@ -32,7 +32,7 @@ def plan(
         typer.Option(
             "--method",
             help="full, lora, qlora, dora, prompt_tuning, prefix_tuning or grpo; for a preference task dpo, ipo, "
-            "simpo, orpo or reward (default: method.name).",
+            "simpo, orpo, kto or reward (default: method.name).",
         ),
     ] = None,
     gpu: Annotated[
@@ -114,6 +114,7 @@ def _summary(p: Plan) -> list[str]:
     tokens = f"{p.tokens:,} ({p.tokens_source})" if p.tokens is not None else p.tokens_source
     trains = f" ({r.adapter_field} {r.trains.name})" if r.adapter_field else ""
     unit = {"preference": "pairs", "grpo": f"prompts (× {r.sequences} answers)"}.get(r.family, "examples")
+    unit = "rated answers" if r.method == "kto" else unit
     lines = [
         f"model     {s.name}: {s.model_type}, {s.parameters:,} parameters, {s.layers} layers × {s.hidden} wide",
         f"method    {p.method}{trains}: {p.trainable:,} trainable ({share:.2%})",

@@ -11,6 +11,10 @@ lora or dora) decides which weights train, with the SFT method of that name's by
   frozen copy (+ the weights' bytes again: 4 per parameter, fp32). tuneloop turns TRL's
   `precompute_ref_log_probs` off, so the reference forward runs at every step: FLOPs per token are the
   policy's 6N (full) or 4N (adapter) plus 2N. Log-probabilities come from TRL's chunked LM head.
+- kto (KTOTrainer): one rated answer per row (a pair gives a desirable and an undesirable row), 1
+  sequence through the policy with gradients; then, without gradients, the policy on a mismatched "KL"
+  answer (its batch neighbour's) and the reference on both: 6N or 4N + 3 × 2N per token. The
+  reference as for dpo. train.batch_size counts answers.
 - simpo (CPOTrainer), orpo (ORPOTrainer): no reference; 2 sequences per pair; 6N or 4N per token.
   Their loss takes a log-softmax of full-vocabulary logits at every position (trained fraction 1).
 - reward (RewardTrainer): a sequence-classification model, the base without its LM head (N minus the
@@ -62,6 +66,7 @@ class Recipe:
     lm_head: LmHead
     fp32_weights: bool  # the model loads in fp32 whatever the device (the preference methods)
     completion: int = 0  # GRPO: the longest sampled answer, in tokens
+    forwards: int = 0  # forward passes without gradients per trained sequence (the reference's, KTO's KL answers)
 
     @property
     def family(self) -> Literal["sft", "preference", "grpo"]:
@@ -81,14 +86,18 @@ def recipe(method: MethodConfig) -> Recipe:
     if name in PREFERENCE_METHODS:
         adapter = method.preference.adapter
         reference: Reference = "none"
-        if name in DPO_LOSSES:
+        if name in (*DPO_LOSSES, "kto"):
             reference = "copy" if adapter == "full" else "adapter_off"
         head: LmHead = "none" if name == "reward" else "logits" if name in REFERENCE_FREE else "chunked"
-        return Recipe(name, _as(method, adapter), 2, reference, head, fp32_weights=True)
+        sequences, forwards = (1, 3) if name == "kto" else (2, 1 if reference != "none" else 0)
+        return Recipe(name, _as(method, adapter), sequences, reference, head, True, forwards=forwards)
     if name == "grpo":
         g = method.grpo
         ref: Reference = "none" if g.beta == 0 else "copy" if g.adapter == "full" else "adapter_off"
-        return Recipe(name, _as(method, g.adapter), g.num_generations, ref, "chunked", False, g.max_completion_length)
+        forwards = 1 if ref != "none" else 0
+        return Recipe(
+            name, _as(method, g.adapter), g.num_generations, ref, "chunked", False, g.max_completion_length, forwards
+        )
     return Recipe(name, method, 1, "none", "logits", fp32_weights=False)
 
 
@@ -178,8 +187,7 @@ class Work:
 def training_flops(shape: ModelShape, r: Recipe, gradient_checkpointing: bool) -> int:
     """FLOPs per token through the policy (fwd + bwd, the forward again when checkpointing) and the reference."""
     n = model_for(shape, r).parameters
-    reference = 2 * n if r.reference != "none" else 0
-    return flops_per_token(n, r.trains.name, gradient_checkpointing) + reference
+    return flops_per_token(n, r.trains.name, gradient_checkpointing) + 2 * n * r.forwards
 
 
 def work(
@@ -199,12 +207,17 @@ def work(
     tokens, how = training_tokens(cfg, data, batch_size, seq_len)
     if tokens is None or r.family == "sft":
         return (Work("training", tokens, flops, mfu) if tokens is not None else None), [], how
-    per_pair = 2.0
-    if data is not None and data.tokenized and not cfg.train.max_steps and data.pairs_per_row != 1:
-        per_pair *= data.pairs_per_row  # rows counted records; a ranking trains several pairs
-        how += f" × {data.pairs_per_row:.3g} pairs per record ({data.pairs:,} pairs)"
-    how = how.replace(" examples ×", " pairs ×") + " × 2 sequences per pair (chosen and rejected)"
-    return Work("training", round(tokens * per_pair), flops, mfu), [], how
+    unit = "answers" if r.method == "kto" else "pairs"
+    per_row = float(r.sequences)
+    if data is not None and data.tokenized and not cfg.train.max_steps:
+        # rows counted records: a ranking trains several pairs, and kto trains both answers of a pair
+        count = data.answers if r.method == "kto" else data.pairs
+        if count and count != data.train_rows:
+            per_row *= count / data.train_rows
+            how += f" × {count / data.train_rows:.3g} {unit} per record ({count:,} {unit})"
+    how = how.replace(" examples ×", f" {unit} ×")
+    how += " × 2 sequences per pair (chosen and rejected)" if r.sequences == 2 else " (one sequence each)"
+    return Work("training", round(tokens * per_row), flops, mfu), [], how
 
 
 def _grpo_work(
@@ -259,6 +272,11 @@ def describe(r: Recipe) -> str:
         return (
             "a sequence-classification model (the LM head swapped for a one-score head) scores chosen and rejected, "
             "2 sequences per pair, with gradients; no vocabulary-sized logits; weights in fp32"
+        )
+    if r.method == "kto":
+        return (
+            "each rated answer through the policy with gradients; without, a mismatched answer through the policy "
+            f"and both through the reference (3 × 2N FLOPs per token); {reference}; weights in fp32"
         )
     if r.family == "preference":
         ref_pass = " and through the reference without (2N FLOPs per token)" if r.reference != "none" else ""

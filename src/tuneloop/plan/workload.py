@@ -40,11 +40,7 @@ class DataStats:
     p90: int | None
     model: str | None
     pairs: int | None = None  # preference data: the chosen/rejected pairs the train records expand into
-
-    @property
-    def pairs_per_row(self) -> float:
-        """Pairs per train record: 1 for preference records, k(k-1)/2 for a ranking of k answers."""
-        return self.pairs / self.train_rows if self.pairs and self.train_rows else 1.0
+    answers: int | None = None  # and the rated answers kto trains on: 2 per pair, 1 per unpaired record
 
     @property
     def tokenized(self) -> bool:
@@ -76,24 +72,29 @@ def read_data_stats(cfg: ProjectConfig) -> DataStats | None:
             longest=lengths.get("max"),
             p90=lengths.get("p90"),
             model=man.get("model"),
-            pairs=_count_pairs(folder / "train.jsonl") if cfg.task.type == "preference" else None,
+            **(_count_pairs(folder / "train.jsonl") if cfg.task.type == "preference" else {}),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{report} is unreadable ({e}); rerun `tuneloop data prepare`") from None
 
 
-def _count_pairs(path: Path) -> int | None:
-    """The pairs a prepared preference split trains on: one per preference record, every better-worse pair of a
-    ranking (as train/preference.py expands them)."""
+def _count_pairs(path: Path) -> dict[str, int]:
+    """The pairs a prepared preference split trains on (one per preference record, every better-worse pair of a
+    ranking, as data/pairs.py expands them) and the rated answers kto trains on (2 per pair, 1 unpaired)."""
     if not path.is_file():
-        return None
-    pairs = 0
+        return {}
+    pairs = unpaired = 0
     with path.open(encoding="utf-8") as f:
         for line in f:
-            if line.strip():
-                ranked = len(json.loads(line).get("ranking") or [])
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            ranked = len(row.get("ranking") or [])
+            if row.get("kind") == "unpaired":
+                unpaired += 1
+            else:
                 pairs += ranked * (ranked - 1) // 2 if ranked else 1
-    return pairs
+    return {"pairs": pairs, "answers": 2 * pairs + unpaired}
 
 
 def training_tokens(
