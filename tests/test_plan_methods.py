@@ -170,6 +170,10 @@ def test_grpo_time_grows_with_the_answers_sampled(chat_project: Path):
     assert decoding.tokens == prompts * 2 * 128 and decoding.mfu == plan.GENERATION_MFU
     assert q.setting.seq_len == p.setting.seq_len + 96  # the longest answer is part of every sequence
     assert any("vLLM" in note and "decoding the answers is" in note for note in q.notes)
+    t4 = plan.make_plan(config.load(chat_project, [*GRPO, "train.precision=auto"]), gpus=["T4", "H100"])
+    assert [r.precision for r in t4.rows] == ["fp32", "bf16"]  # GRPO's auto precision: fp32 without bf16
+    assert t4.rows[0].peak > t4.rows[1].peak
+    assert any("GRPO trains in fp32 on T4" in w for w in t4.warnings)
 
 
 def test_the_cli_prints_the_method_and_what_a_step_runs(cli, pair_project: Path, chat_project: Path):

@@ -4,7 +4,7 @@ the warnings and notes that explain it."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import get_args
 
@@ -37,6 +37,7 @@ class Setting:
     cpu_precision: str
     base_dtype_bytes: int | None
     grad_accum: int = 1  # GRPO samples for all of an optimizer step's micro-batches at once
+    auto_precision: bool = False  # train.precision auto
 
     def memory(self, shape: ModelShape, method: MethodConfig, batch_size: int, device: str) -> Memory:
         """The memory estimate for `method` at `batch_size` on 'gpu' or 'cpu' in this setting."""
@@ -159,6 +160,11 @@ def make_plan(
             "train.precision is fp32: GPU hours use the table's 16-bit tensor-core peak, and fp32 runs several "
             "times slower; set train.precision=auto to train in bf16/fp16"
         )
+    elif fp32 := [r.gpu.name for r in rows if r.precision == "fp32"]:
+        plan.warnings.append(
+            f"GRPO trains in fp32 on {', '.join(fp32)} (no bf16; train.precision auto picks fp32 there): its hours "
+            "use the table's 16-bit peak, and fp32 runs several times slower; set train.precision=fp16 for them"
+        )
     plan.notes = _notes(plan, data, model)
     return plan
 
@@ -211,6 +217,7 @@ def _setting(cfg: ProjectConfig, data: DataStats | None, seq_len: int) -> Settin
         cpu_precision="mixed" if precision in ("bf16", "fp16") else "fp32",
         base_dtype_bytes=None if dtype == "auto" else (4 if dtype == "float32" else 2),
         grad_accum=cfg.train.grad_accum,
+        auto_precision=precision == "auto",
     )
 
 
@@ -228,6 +235,8 @@ def estimate_gpu(
     """Peak memory, whether it fits, the largest batch that fits, hours and dollars on one GPU.
 
     Hours cover `tokens` of training at `flops` per token and utilisation `mfu`, plus the `sampling` work."""
+    if setting.auto_precision and not gpu.bf16 and methods.recipe(method).family == "grpo":
+        setting = replace(setting, gpu_precision="fp32")  # train/grpo.py: auto is bf16 where the GPU has it, else fp32
     peak = setting.memory(shape, method, batch, "gpu").peak
     limit = FIT_SHARE * gpu.memory_bytes
     biggest = max_batch_size(lambda b: setting.memory(shape, method, b, "gpu").peak, int(limit))
