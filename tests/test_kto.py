@@ -399,14 +399,17 @@ def test_eval_of_a_kto_run_scores_base_at_one_half(kto_run: Path, cli):
     assert "label_accuracy" in result.out and "rated answers" in (kto_run / "eval" / "report.md").read_text()
 
 
-def test_kto_on_pairs_trains_and_scores_preference_accuracy(tmp_path: Path, tiny_llama: Path):
-    """Preference pairs train kto as one desirable and one undesirable answer each; eval then gives dpo's
-    preference accuracy on the test pairs (base 0.5)."""
+def test_kto_on_pairs_trains_and_scores_preference_accuracy(tmp_path: Path, tiny_llama: Path, cli):
+    """Preference pairs train kto (`tuneloop train`) as one desirable and one undesirable answer each; eval then
+    gives dpo's preference accuracy on the test pairs (base 0.5)."""
     from tuneloop.evaluate.preference import evaluate
-    from tuneloop.train.preference import train
 
     path = make_preference_project(tmp_path, tiny_llama, method="kto", max_steps=3, eval_every=3)
-    run = train(config.load(path)).run_dir
+    trained = cli("train", "--config", path)
+    assert trained.code == 0, trained.err
+    assert re.search(r"answers\s+\d+ train, \d+ validation", trained.out)
+    assert re.search(r"implicit reward [+-][\d.]+ desirable, [+-][\d.]+ undesirable, KL [\d.]+", trained.out)
+    (run,) = [d for d in (path.parent / "runs").iterdir() if d.is_dir()]
     summary = json.loads((run / "summary.json").read_text())
     pairs = len(_rows(path.parent / "data" / "prepared" / "train.jsonl"))
     assert summary["examples"]["train_answers"] == 2 * pairs
