@@ -462,3 +462,19 @@ def test_monitor_export_writes_thumbs_up_and_down_as_rated_answers_for_a_kto_pro
     # --only down: the thumbs-down ones alone (corrected or not)
     monitor_export.export(cfg, only="down", out=out)
     assert [r["traffic_id"] for r in _rows(out)] == ["chatcmpl-2", "chatcmpl-3", "chatcmpl-3"]
+
+
+def test_full_kto_starts_at_one_half_and_writes_a_whole_model(tmp_path: Path, tiny_llama: Path):
+    """adapter: full trains every weight against a frozen copy of the start (the reference): step 0's loss is 0.5
+    (balanced pairs), the policy then moves off the reference, and the final folder is a whole model."""
+    from tuneloop.train.preference import train
+
+    path = make_preference_project(
+        tmp_path, tiny_llama, method="kto", adapter="full", max_steps=2, eval_every=2, save_every=2
+    )
+    result = train(config.load(path))
+    losses = _train_losses(result.run_dir)
+    assert losses[0] == pytest.approx(0.5, abs=1e-6) and len(losses) == 2
+    evals = [r for r in _metrics(result.run_dir) if "eval_loss" in r]
+    assert evals[0]["eval_kl"] == 0.0 and evals[-1]["eval_reward_margin"] != 0.0  # the policy moved off the copy
+    assert (result.run_dir / "final" / "model.safetensors").is_file()
