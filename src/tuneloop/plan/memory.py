@@ -33,11 +33,16 @@ Memory = weights + reference + optimizer
 - logits: tuneloop computes logits only at trained positions, so (batch × seq × trained fraction)
   × vocabulary × 12 bytes in fp32 (the log-probabilities and, in backward, their gradient and the
   logits' gradient), 14 in mixed precision (plus the 16-bit logits' gradient).
-  TRL's DPOTrainer and GRPOTrainer score through a chunked LM head instead (`lm_head="chunked"`): no
-  (positions × vocabulary) logits, but one tile of min(positions, 4096) × min(vocabulary, 32768) in the
+  TRL's DPO, KTO and GRPO trainers score through a chunked LM head instead (`lm_head="chunked"`, trl
+  1.16's kernels/chunked_logprob.py): no (positions × vocabulary) logits, but one tile buffer of
+  min(positions, 4096) × 32,768 (allocated at the full chunk width whatever the vocabulary) in the
   compute dtype, the head's saved fp32 input and, in backward, its fp32 gradient (positions × h × 8
-  bytes). On a GPU only the trained positions are scored; elsewhere (CPU) every position is. A reward
-  model's head scores the last token only (`lm_head="none"`): no logits term at all.
+  bytes). On a GPU a Triton kernel folds the tile in place and only the trained positions are scored;
+  elsewhere (CPU) every position is, and torch ops make fp32 copies of the tile's used width: the
+  transformed logits, their shifted copy and its exponentials (3 more). Measured on CPU for a DPO
+  step (tests/test_plan_methods.py), the estimate was 4-5% below the peak: the backward's
+  temporaries are not all counted. A reward model's head scores the last token only
+  (`lm_head="none"`): no logits term at all.
 - reference: the frozen reference model of DPO/IPO and GRPO when every weight trains: a second copy of
   the weights at the policy's bytes per parameter (4: fp32). With LoRA/DoRA the adapter-off policy is
   the reference, and with `method.grpo.beta` 0 GRPO needs none: 0. Its forward runs without
@@ -154,7 +159,10 @@ def _logit_bytes(
         return 0
     if lm_head == "chunked":
         positions = kept if device == "gpu" else tokens  # TRL compacts to the trained positions on Triton devices
-        tile = min(positions, CHUNK_POSITIONS) * min(shape.vocab, CHUNK_VOCAB) * elem
+        rows = min(positions, CHUNK_POSITIONS)
+        tile = rows * CHUNK_VOCAB * elem
+        if device == "cpu":  # no Triton: torch ops on the tile's used width, in fp32
+            tile += 3 * rows * min(shape.vocab, CHUNK_VOCAB) * 4
         return int(tile + positions * shape.hidden * 8)
     return int(kept * shape.vocab * _LOGIT_BYTES[precision])
 
