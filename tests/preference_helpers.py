@@ -71,3 +71,37 @@ def make_preference_project(
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     prepare(config.load(path), workers=0)
     return path
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    """The training losses a run logged in metrics.jsonl, in step order."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
+def assert_resumes_exactly(monkeypatch, path: Path, uninterrupted: Path, stop_at: int = 3) -> None:
+    """SIGTERM at step `stop_at` saves a checkpoint and stops the preference run of the project at `path`;
+    `--resume` then logs the losses of `uninterrupted` (the same config, never stopped)."""
+    import signal
+
+    import pytest
+
+    from tuneloop import config
+    from tuneloop.train import preference
+    from tuneloop.train.callbacks import GracefulStop
+
+    class SigtermAtStep(GracefulStop):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == stop_at and self.signal is None:
+                signal.raise_signal(signal.SIGTERM)
+            return super().on_step_end(args, state, control, **kwargs)
+
+    monkeypatch.setattr(preference, "GracefulStop", SigtermAtStep)
+    stopped = preference.train(config.load(path))
+    assert stopped.status == "stopped" and stopped.steps == stop_at and stopped.final_dir is None
+    monkeypatch.setattr(preference, "GracefulStop", GracefulStop)
+    resumed = preference.train(config.load(path), resume=stopped.run_dir)
+    assert resumed.status == "completed" and resumed.run_dir == stopped.run_dir
+    expected = train_losses(uninterrupted)
+    assert train_losses(resumed.run_dir) == pytest.approx(expected, abs=1e-6)
+    assert len(train_losses(resumed.run_dir)) == len(expected)

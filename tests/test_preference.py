@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import signal
 from pathlib import Path
 
 import pytest
 
-from tests.preference_helpers import GOOD, make_preference_project, pair_rows
+from tests.preference_helpers import GOOD, assert_resumes_exactly, make_preference_project, pair_rows
 from tuneloop import config
 from tuneloop.data.formats import Example, RowError, to_example
 from tuneloop.errors import UserError
@@ -233,24 +232,7 @@ PINNED_DPO = [
 
 def test_dpo_resumes_exactly_after_sigterm(tmp_path: Path, tiny_llama: Path, dpo_run: Path, monkeypatch):
     """SIGTERM at step 3 saves a checkpoint and stops; --resume then gives the uninterrupted run's losses."""
-    from tuneloop.train import preference
-    from tuneloop.train.callbacks import GracefulStop
-
-    class SigtermAtStep3(GracefulStop):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3 and self.signal is None:
-                signal.raise_signal(signal.SIGTERM)
-            return super().on_step_end(args, state, control, **kwargs)
-
-    path = make_preference_project(tmp_path, tiny_llama)
-    monkeypatch.setattr(preference, "GracefulStop", SigtermAtStep3)
-    stopped = preference.train(config.load(path))
-    assert stopped.status == "stopped" and stopped.steps == 3 and stopped.final_dir is None
-    monkeypatch.setattr(preference, "GracefulStop", GracefulStop)
-    resumed = preference.train(config.load(path), resume=stopped.run_dir)
-    assert resumed.status == "completed" and resumed.run_dir == stopped.run_dir
-    assert _train_losses(resumed.run_dir) == pytest.approx(_train_losses(dpo_run), abs=1e-6)
-    assert len(_train_losses(resumed.run_dir)) == 6
+    assert_resumes_exactly(monkeypatch, make_preference_project(tmp_path, tiny_llama), dpo_run)
 
 
 def test_ipo_trains_with_trls_ipo_loss(tmp_path: Path, tiny_llama: Path):
