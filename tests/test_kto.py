@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.preference_helpers import assert_resumes_exactly, make_preference_project, pair_rows
+from tests.preference_helpers import assert_resumes_exactly, make_preference_project, pair_rows, train_losses
 from tuneloop import config
 from tuneloop.data.formats import Example, RowError, to_example
 from tuneloop.errors import UserError
@@ -21,10 +21,6 @@ def _rows(path: Path) -> list[dict]:
 
 def _metrics(run_dir: Path) -> list[dict]:
     return _rows(run_dir / "metrics.jsonl")
-
-
-def _train_losses(run_dir: Path) -> list[float]:
-    return [row["loss"] for row in _metrics(run_dir) if "loss" in row]
 
 
 def rated_rows(n: int, seed: int = 1, desirable_share: float = 0.6) -> list[dict]:
@@ -323,7 +319,7 @@ def test_kto_moves_desirable_up_relative_to_undesirable(kto_run: Path):
 
 def test_kto_losses_are_pinned(kto_run: Path):
     """Seeded, on CPU in fp32: the same config gives these losses (a change in TRL or our data path shows here)."""
-    assert _train_losses(kto_run) == pytest.approx(PINNED_KTO, abs=1e-5)
+    assert train_losses(kto_run) == pytest.approx(PINNED_KTO, abs=1e-5)
 
 
 PINNED_KTO = [
@@ -397,7 +393,7 @@ def test_kto_on_pairs_trains_and_scores_preference_accuracy(tmp_path: Path, tiny
     pairs = len(_rows(path.parent / "data" / "prepared" / "train.jsonl"))
     assert summary["examples"]["train_answers"] == 2 * pairs
     assert summary["kto_weights"] == {"desirable": 1.0, "undesirable": 1.0}  # balanced by construction
-    assert _train_losses(run)[0] == pytest.approx(0.5, abs=1e-6)
+    assert train_losses(run)[0] == pytest.approx(0.5, abs=1e-6)
     result = evaluate(config.load(path), [run])
     c = result.report["comparisons"][run.name]["preference_accuracy"]
     assert c["baseline"] == 0.5 and c["candidate"] > 0.5
@@ -456,7 +452,7 @@ def test_full_kto_starts_at_one_half_and_writes_a_whole_model(tmp_path: Path, ti
         tmp_path, tiny_llama, method="kto", adapter="full", max_steps=2, eval_every=2, save_every=2
     )
     result = train(config.load(path))
-    losses = _train_losses(result.run_dir)
+    losses = train_losses(result.run_dir)
     assert losses[0] == pytest.approx(0.5, abs=1e-6) and len(losses) == 2
     evals = [r for r in _metrics(result.run_dir) if "eval_loss" in r]
     assert evals[0]["eval_kl"] == 0.0 and evals[-1]["eval_reward_margin"] != 0.0  # the policy moved off the copy

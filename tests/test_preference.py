@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.preference_helpers import GOOD, assert_resumes_exactly, make_preference_project, pair_rows
+from tests.preference_helpers import GOOD, assert_resumes_exactly, make_preference_project, pair_rows, train_losses
 from tuneloop import config
 from tuneloop.data.formats import Example, RowError, to_example
 from tuneloop.errors import UserError
@@ -21,10 +21,6 @@ def _rows(path: Path) -> list[dict]:
 
 def _metrics(run_dir: Path) -> list[dict]:
     return _rows(run_dir / "metrics.jsonl")
-
-
-def _train_losses(run_dir: Path) -> list[float]:
-    return [row["loss"] for row in _metrics(run_dir) if "loss" in row]
 
 
 # --------------------------------------------------------------------------- data: pairs, rejects, masks
@@ -196,7 +192,7 @@ def test_dpo_loss_at_step_0_is_log_2(dpo_run: Path):
     """Policy = reference at the start, so every pair's loss is -log sigmoid(0) = log 2."""
     rows = _metrics(dpo_run)
     assert rows[0]["step"] == 0 and rows[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert _train_losses(dpo_run)[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert train_losses(dpo_run)[0] == pytest.approx(math.log(2), abs=1e-6)
     assert rows[0]["eval_reward_margin"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -217,7 +213,7 @@ def test_dpo_moves_chosen_up_relative_to_rejected(dpo_run: Path):
 
 def test_dpo_losses_are_pinned(dpo_run: Path):
     """Seeded, on CPU in fp32: the same config gives these losses (a change in TRL or our data path shows here)."""
-    assert _train_losses(dpo_run) == pytest.approx(PINNED_DPO, abs=1e-5)
+    assert train_losses(dpo_run) == pytest.approx(PINNED_DPO, abs=1e-5)
 
 
 PINNED_DPO = [
@@ -274,7 +270,7 @@ def test_reward_model_beats_chance_on_a_separable_task(reward_run: Path):
 
 
 def test_reward_losses_are_pinned(reward_run: Path):
-    assert _train_losses(reward_run)[:6] == pytest.approx(PINNED_REWARD, abs=1e-5)
+    assert train_losses(reward_run)[:6] == pytest.approx(PINNED_REWARD, abs=1e-5)
 
 
 PINNED_REWARD = [
@@ -424,7 +420,7 @@ def test_reference_free_methods_move_chosen_up_relative_to_rejected(free_run: Pa
 
 def test_reference_free_losses_are_pinned(free_run: Path):
     method = json.loads((free_run / "summary.json").read_text())["method"]
-    assert _train_losses(free_run) == pytest.approx(PINNED_FREE[method], abs=1e-5)
+    assert train_losses(free_run) == pytest.approx(PINNED_FREE[method], abs=1e-5)
 
 
 PINNED_FREE = {
