@@ -200,6 +200,14 @@ def test_builtin_rewards():
     assert rewards.exact_match("q", " Paris\n", "Paris") == 1.0 and rewards.exact_match("q", "paris", "Paris") == 0.0
     with pytest.raises(ValueError, match="needs a reference"):
         rewards.exact_match("q", "Paris", None)
+    reference = '{"category": "refund", "priority": "high", "product": null, "order_id": "ORD-1"}'
+    fields = rewards.load("json_fields")
+    assert fields("q", reference, reference) == 1.0
+    assert fields("q", '{"category":"refund","priority":"low","product":null,"order_id":"ORD-1"}', reference) == 0.75
+    assert fields("q", '{"category":"refund","product":"null"}', reference) == 0.25  # "null" is not null
+    assert (fields("q", "refund, high", reference), fields("q", "[1]", reference)) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="not a JSON object: use exact_match"):
+        fields("q", "Paris", "Paris")
     length = rewards.load("length", max_chars=10)
     assert (length("q", "x" * 10), length("q", "x" * 20), length("q", "x" * 30)) == (0.0, -1.0, -2.0)
     with pytest.raises(UserError, match="unknown reward 'jsonvalid'"):

@@ -45,7 +45,8 @@ class GrpoConfig(Section):
     rewards: list[str] = Field(
         default_factory=list,
         description="Reward functions, summed: json_valid, json_schema (eval.json_schema's schema), exact_match "
-        "(against the example's answer), length (a penalty beyond max_chars), or module:function from the project "
+        "(against the example's answer), json_fields (the share of its JSON fields right), length (a penalty beyond "
+        "max_chars), or module:function from the project "
         "folder, fn(prompt, response[, reference]) -> float.",
     )
     weights: list[float] | None = Field(default=None, description="One weight per reward (default: all 1).")

@@ -51,7 +51,7 @@ def candidates(
         str | None,
         typer.Option(
             "--score",
-            help="Rank with a reward: json_valid, json_schema, exact_match, length, or module:function "
+            help="Rank with a reward: json_valid, json_schema, exact_match, json_fields, length, or module:function "
             "(fn(prompt, response[, reference]) -> float).",
         ),
     ] = None,

@@ -105,8 +105,8 @@ def load_rewards(cfg: ProjectConfig, watcher: Watcher) -> list[Any]:
     settings = cfg.method.grpo
     if not settings.rewards:
         raise UserError(
-            "method.grpo.rewards is empty: name at least one reward (json_valid, json_schema, exact_match, length, "
-            "or module:function)"
+            "method.grpo.rewards is empty: name at least one reward (json_valid, json_schema, exact_match, "
+            "json_fields, length, or module:function)"
         )
     schema = None
     if "json_schema" in settings.rewards:

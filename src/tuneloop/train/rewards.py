@@ -1,4 +1,5 @@
-"""Reward functions: the built-ins (valid JSON, JSON-Schema valid, exact match, length penalty) and the user's own.
+"""Reward functions: the built-ins (valid JSON, JSON-Schema valid, exact match, fields right, length penalty) and the
+user's own.
 
 Every reward has one signature, `reward(prompt, response, reference) -> float`: `prompt` is the last user
 message, `reference` the example's reference answer (None when it has none). GRPO trains against them
@@ -23,7 +24,7 @@ from typing import Any
 from tuneloop.errors import UserError
 
 Reward = Callable[[str, str, "str | None"], float]
-BUILTINS = ("json_valid", "json_schema", "exact_match", "length")
+BUILTINS = ("json_valid", "json_schema", "exact_match", "json_fields", "length")
 
 
 def _reject_constant(token: str) -> Any:
@@ -70,6 +71,27 @@ def exact_match(prompt: str, response: str, reference: str | None = None) -> flo
     return float(response.strip() == reference.strip())
 
 
+def json_fields(prompt: str, response: str, reference: str | None = None) -> float:
+    """The share of the reference record's fields that the response gets right, from 0 to 1.
+
+    The eval report's per-field accuracy for one answer (the same comparison): an answer that is not a JSON
+    object scores 0. Unlike exact_match, a record with three fields of four right earns 0.75, so the reward
+    still separates the answers of a group when none is entirely right. Keys the reference lacks are not
+    counted here (json_schema is what refuses them).
+    """
+    from tuneloop.evaluate.json_fields import field_scores, object_fields
+
+    if reference is None:
+        raise ValueError("reward json_fields needs a reference answer, and this example has none")
+    fields = object_fields([reference])
+    if fields is None:
+        raise ValueError(
+            "reward json_fields compares JSON records, and this reference is not a JSON object: use exact_match"
+        )
+    scores = field_scores([response], [reference], fields)
+    return float(sum(score[0] for score in scores.values()) / len(fields))
+
+
 def length_penalty(max_chars: int) -> Reward:
     """0 up to `max_chars` characters, then falling linearly: -1 at twice `max_chars` (and lower beyond)."""
 
@@ -81,7 +103,8 @@ def length_penalty(max_chars: int) -> Reward:
 
 
 def load(spec: str, *, schema: dict[str, Any] | None = None, max_chars: int = 512, root: Path | None = None) -> Reward:
-    """The reward named `spec`: a built-in (json_valid, json_schema, exact_match, length) or `module:function`.
+    """The reward named `spec`: a built-in (json_valid, json_schema, exact_match, json_fields, length) or
+    `module:function`.
 
     `schema` is json_schema's JSON Schema; `max_chars` length's allowance; `root` is searched first for a
     user module (the project folder).
@@ -96,6 +119,8 @@ def load(spec: str, *, schema: dict[str, Any] | None = None, max_chars: int = 51
         return json_schema(schema)
     if spec == "exact_match":
         return exact_match
+    if spec == "json_fields":
+        return json_fields
     if spec == "length":
         return length_penalty(max_chars)
     if spec.count(":") != 1 or not all(spec.split(":")):
