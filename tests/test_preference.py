@@ -211,6 +211,22 @@ def test_dpo_moves_chosen_up_relative_to_rejected(dpo_run: Path):
     assert (dpo_run / "final" / "adapter_model.safetensors").is_file()  # an adapter on the configured base
 
 
+def test_the_console_names_validation_metrics_as_metrics_jsonl_does(capsys: pytest.CaptureFixture):
+    from transformers import TrainerControl, TrainerState
+
+    from tuneloop.train import kto
+    from tuneloop.train.callbacks import Progress
+    from tuneloop.train.preference import METRIC_NAMES
+
+    state = TrainerState(global_step=4, max_steps=8)
+    logs = {"eval_loss": 0.6, "eval_rewards/accuracies": 0.75, "eval_rewards/margins": 0.25}
+    Progress(METRIC_NAMES).on_log(None, state, TrainerControl(), logs=logs)
+    Progress(kto.METRIC_NAMES).on_log(None, state, TrainerControl(), logs=logs)
+    dpo, kto_line = capsys.readouterr().err.strip().splitlines()
+    assert dpo == "step 4/8: eval_loss 0.6, eval_reward_accuracy 0.75, eval_reward_margin 0.25"
+    assert kto_line == "step 4/8: eval_loss 0.6, eval_reward_margin 0.25"  # kto's "accuracy" is not a pair's
+
+
 def test_dpo_losses_are_pinned(dpo_run: Path):
     """Seeded, on CPU in fp32: the same config gives these losses (a change in TRL or our data path shows here)."""
     assert train_losses(dpo_run) == pytest.approx(PINNED_DPO, abs=1e-5)

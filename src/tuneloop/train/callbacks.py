@@ -56,11 +56,15 @@ class MetricsFile(TrainerCallback):
 
 
 class Progress(TrainerCallback):
-    """A rich progress bar with ETA on a terminal; one plain line per log event otherwise."""
+    """A rich progress bar with ETA on a terminal; one plain line per log event otherwise.
 
-    def __init__(self) -> None:
+    `names` renames a library's keys as MetricsFile does, so the console and metrics.jsonl say the same.
+    """
+
+    def __init__(self, names: dict[str, str] | None = None) -> None:
         self.bar: Any = None
         self.task: Any = None
+        self.names = names or {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not console.err.is_terminal:
@@ -85,7 +89,8 @@ class Progress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        parts = [f"{k} {_fmt(v)}" for k, v in logs.items() if k in _SHOWN]
+        named = {self.names.get(k, k): v for k, v in logs.items()}
+        parts = [f"{k} {_fmt(v)}" for k, v in named.items() if k in _SHOWN]
         if not parts:
             return
         line = f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts)
@@ -108,8 +113,8 @@ _SHOWN = (
     "eval_token_accuracy",
     "eval_accuracy",
     "eval_f1",
-    "eval_rewards/accuracies",
-    "eval_rewards/margins",
+    "eval_reward_accuracy",  # preference methods (DPO family, kto), under our names
+    "eval_reward_margin",
     "reward",  # GRPO: the mean reward of the step's sampled answers, and their KL to the reference
     "kl",
     "learning_rate",

@@ -414,7 +414,8 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # the starting point, frozen
     args = trainer_config(cfg, run_dir, precision, bool(val_rows), resume_from is not None, kto_weights)
     stop = GracefulStop()
-    metrics_file = MetricsFile(run_dir / runs.METRICS, names=kto.METRIC_NAMES if method == "kto" else METRIC_NAMES)
+    names = kto.METRIC_NAMES if method == "kto" else METRIC_NAMES
+    metrics_file = MetricsFile(run_dir / runs.METRICS, names=names)
     checkpoints = run_dir / "checkpoints"
     if rank0:
         checkpoint.remove_incomplete(checkpoints)
@@ -423,7 +424,7 @@ def train(cfg: ProjectConfig, *, resume: Path | None = None, run_dir: Path | Non
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     callbacks = [
         metrics_file,
-        Progress(),
+        Progress(names),
         BestAndEarlyStop(cfg.train.metric, cfg.train.metric != "loss", cfg.train.early_stopping_patience),
         stop,
     ]
