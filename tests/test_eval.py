@@ -269,8 +269,11 @@ def test_private_test_set_is_evaluated_once(trained: tuple[Path, Path], tmp_path
 
 def test_cli_eval_prints_the_table_and_report(cli, trained: tuple[Path, Path], tmp_path: Path) -> None:
     path, run_dir = trained
+    # The run as the project names it (runs/<id>, relative to the config's folder, not to the working directory).
+    in_project = run_dir.relative_to(path.parent)
+    assert not in_project.is_dir()
     result = cli(
-        "eval", "--config", path, "--run", run_dir, "--limit", "4", "--out", tmp_path / "cli",
+        "eval", "--config", path, "--run", in_project, "--limit", "4", "--out", tmp_path / "cli",
         "--set", "task.metrics=[rougeL]", "--set", "eval.redteam.enabled=false",
     )  # fmt: skip
     assert result.code == 0, result.err
@@ -280,7 +283,7 @@ def test_cli_eval_prints_the_table_and_report(cli, trained: tuple[Path, Path], t
 
 def test_cli_eval_unknown_run_is_a_clear_error(cli, trained: tuple[Path, Path]) -> None:
     result = cli("eval", "--config", trained[0], "--run", "no-such-run")
-    assert result.code == 1 and "no run folder no-such-run" in result.err
+    assert result.code == 1 and "no run folder no-such-run (looked in ., " in result.err
 
 
 # --------------------------------------------------------------------------- the judge

@@ -38,12 +38,14 @@ def evaluate(
     names = [*(run_args or ["latest"]), *(extra_runs or [])]
     run_dirs = []
     for name in names:
-        path = runs.latest_run(cfg) if name == "latest" else Path(name)
-        if not path.is_dir():
-            candidate = cfg.path(cfg.output.dir) / name
-            if not candidate.is_dir():
-                raise UserError(f"no run folder {name} (looked in . and {cfg.path(cfg.output.dir)})")
-            path = candidate
+        if name == "latest":
+            path = runs.latest_run(cfg)
+        else:
+            # A run id, or a folder relative to here or to the project (runs/<id>, as the config's own paths are).
+            tried = (Path(name), cfg.path(cfg.output.dir) / name, cfg.path(name))
+            path = next((p for p in tried if p.is_dir()), None)
+            if path is None:
+                raise UserError(f"no run folder {name} (looked in ., {cfg.path(cfg.output.dir)} and {cfg.root})")
         run_dirs.append(path.resolve())
     if cfg.task.type == "classification":
         from tuneloop.evaluate.classify import evaluate as evaluate_classifier
