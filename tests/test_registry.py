@@ -156,6 +156,9 @@ def test_sync_indexes_hand_made_folders_and_only_changed_ones(proj: Path) -> Non
     (b / "summary.json").write_text(json.dumps({**summary, "status": "completed", "steps": 10}))
     assert registry.sync(cfg) == 1
     assert registry.get_run(cfg, "chat-b")["training"]["steps"] == 10
+    # A run folder as the project names it (relative to the config's folder, wherever the command runs).
+    in_project = b.relative_to(proj.parent)
+    assert not in_project.is_dir() and registry.get_run(cfg, in_project)["id"] == "chat-b"
 
 
 def test_folder_without_summary_is_running_then_incomplete(proj: Path) -> None:

@@ -164,8 +164,10 @@ def get_run(cfg: ProjectConfig, ref: str | Path, *, refresh: bool = True) -> dic
                 raise UserError(f"no runs in {cfg.path(cfg.output.dir)} yet; start one with `tuneloop train`")
         if row is not None:
             return _entry(conn, row)
-    if Path(ref_text).is_dir():
-        return record(cfg, Path(ref_text))
+    # A folder relative to here, or to the project (runs/<id>, as the config's own paths are).
+    for folder in (Path(ref_text), cfg.path(ref_text)):
+        if folder.is_dir():
+            return record(cfg, folder)
     with _connect(cfg) as conn:
         query = "SELECT * FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id"  # exact, case-sensitive prefix
         rows = conn.execute(query, (len(ref_text), ref_text)).fetchall()
