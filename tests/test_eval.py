@@ -349,6 +349,25 @@ def test_pairwise_judge_swaps_positions(trained: tuple[Path, Path], tmp_path: Pa
         assert summary["tuned_preferred"] == longer
 
 
+def test_the_judges_win_rate_interval_follows_eval_bootstrap_confidence_and_seed() -> None:
+    from types import SimpleNamespace
+
+    from tuneloop.evaluate import judge
+
+    outcomes = [1.0, 0.0, 0.5, 1.0, 1.0, 0.0, None, 1.0] * 5
+    flat = SimpleNamespace(per_example=np.zeros(40), higher_is_better=True)
+    scores = {"base": {"m": flat}, "run": {"m": flat}}
+
+    def interval(**changed: float) -> list[float]:
+        settings = SimpleNamespace(**({"bootstrap": 1000, "confidence": 0.95, "seed": 0} | changed))
+        return judge._summarise("pairwise", outcomes, scores, "base", "run", "m", 40, settings)[0]["win_rate_ci"]
+
+    assert interval() == interval()
+    assert interval(seed=7) != interval()
+    (low, high), (low90, high90) = interval(), interval(confidence=0.9)
+    assert low < low90 < high90 < high
+
+
 def test_judge_down_is_an_error_not_a_zero(trained: tuple[Path, Path], tmp_path: Path) -> None:
     path, run_dir = trained
     cfg = _quick_config(path, "eval.judge.url=http://127.0.0.1:9/v1")

@@ -69,6 +69,29 @@ def test_each_stage_reruns_only_when_its_inputs_change(project: Path) -> None:
     assert [h["stages"][2]["action"] for h in history] == ["ran", "reused", "reused", "ran"]
 
 
+def test_a_reward_model_trained_again_in_the_same_folder_reruns_the_evaluation(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    reward = tmp_path / "runs" / "rm"
+    (reward / "final").mkdir(parents=True)
+    (reward / config.RESOLVED_FILENAME).write_text("method: {name: reward}\n")
+    path = tmp_path / "tuneloop.yaml"
+    path.write_text("task: {objective: answer, type: chat}\neval: {reward_model: runs/rm}\n")
+    cfg, manifest = config.load(path), {"splits": {"test": {"sha256": "t", "rows": 3}}}
+
+    def key_with(weights: torch.Tensor) -> str:
+        save_file({"score.weight": weights}, str(reward / "final" / "model.safetensors"))
+        return loop.eval_key(cfg, "trained", manifest)
+
+    first = key_with(torch.zeros(1, 8))
+    assert key_with(torch.zeros(1, 8)) == first  # the same weights: the evaluation is reused
+    assert key_with(torch.ones(1, 8)) != first  # same path, other weights: evaluated again
+    (reward / config.RESOLVED_FILENAME).write_text("method: {name: lora}\n")
+    with pytest.raises(UserError, match=r"eval\.reward_model: .* is not a reward-model run"):
+        loop.eval_key(cfg, "trained", manifest)
+
+
 def test_an_edited_report_is_not_reused(project: Path) -> None:
     """The eval stamp vouches for one metrics.json; a standalone `tuneloop eval` overwrites it."""
     first = loop.run(config.load(project))

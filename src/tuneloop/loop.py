@@ -220,16 +220,21 @@ def _empty_folder(folder: Path, keep: str) -> None:
 
 def eval_key(cfg: ProjectConfig, trained_key: str, manifest: dict[str, Any]) -> str:
     """Hash of everything the evaluation depends on."""
+    from tuneloop.evaluate.winrate import reward_run
+
     test = manifest.get("splits", {}).get("test", {})
-    return digest(
-        {
-            "tuneloop": __version__,
-            "train_key": trained_key,
-            "test": test.get("sha256"),
-            "task": cfg.task.model_dump(mode="json"),
-            "eval": cfg.eval.model_dump(mode="json"),
-        }
-    )
+    parts = {
+        "tuneloop": __version__,
+        "train_key": trained_key,
+        "test": test.get("sha256"),
+        "task": cfg.task.model_dump(mode="json"),
+        "eval": cfg.eval.model_dump(mode="json"),
+    }
+    reward_dir = reward_run(cfg)  # a wrong folder is a clear error here, before any stage runs
+    if reward_dir is not None:
+        # eval.reward_model names a folder; a reward run trained again into it scores differently.
+        parts["reward_model_weights"] = models.fingerprint(reward_dir / "final")
+    return digest(parts)
 
 
 def eval_stage(

@@ -135,7 +135,7 @@ def judge_systems(cfg: Any, cases: list[Any], systems: list[Any], scores: dict[s
         else:
             result = {s.name: _scores(client, settings.rubric, cases[:n], s) for s in (base, tuned)}
         summary[tuned.name], details[tuned.name] = _summarise(
-            settings.mode, result, scores, base.name, tuned.name, primary, n
+            settings.mode, result, scores, base.name, tuned.name, primary, n, cfg.eval
         )
     return {"summary": summary, "details": details}
 
@@ -177,19 +177,25 @@ def _pairwise(client: JudgeClient, rubric: str, cases: list[Any], base: Any, tun
     return outcomes
 
 
-def _summarise(mode, result, scores, base_name, tuned_name, primary, n) -> tuple[dict[str, Any], dict[str, Any]]:
+def _summarise(
+    mode, result, scores, base_name, tuned_name, primary, n, settings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The judge's verdicts for one run; the win rate's interval is drawn as every other one in the report
+    (`settings` is cfg.eval: its bootstrap count, confidence and seed)."""
     from scipy.stats import spearmanr
+
+    from tuneloop.evaluate.compare import bootstrap_indices
 
     metric_diff = scores[tuned_name][primary].per_example[:n] - scores[base_name][primary].per_example[:n]
     if not scores[base_name][primary].higher_is_better:
         metric_diff = -metric_diff
-    rng = np.random.default_rng(0)
     if mode == "pairwise":
         valid = [i for i, o in enumerate(result) if o is not None]
         wins = np.array([result[i] for i in valid])
         if not len(wins):
             raise UserError("the judge gave no parseable A/B/TIE answer; check eval.judge.model and the endpoint")
-        means = [wins[rng.integers(0, len(wins), len(wins))].mean() for _ in range(1000)]
+        means = wins[bootstrap_indices(len(wins), settings.bootstrap, settings.seed)].mean(axis=1)
+        tail = (1 - settings.confidence) / 2 * 100
         decided = [i for i in valid if result[i] != 0.5 and metric_diff[i] != 0]
         agree = [(result[i] > 0.5) == (metric_diff[i] > 0) for i in decided]
         summary = {
@@ -198,7 +204,7 @@ def _summarise(mode, result, scores, base_name, tuned_name, primary, n) -> tuple
             "ties_or_position_flips": int((wins == 0.5).sum()),
             "unparsed": len(result) - len(valid),
             "tuned_win_rate": float(wins.mean()),
-            "win_rate_ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "win_rate_ci": [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))],
             f"agreement_with_{primary}": float(np.mean(agree)) if agree else None,
         }
         return summary, {"outcomes": result}
