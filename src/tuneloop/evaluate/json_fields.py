@@ -12,40 +12,15 @@ and tuned, with the same paired-bootstrap intervals as the task metrics.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
+from tuneloop.data.json_values import field_scores, object_fields, parse_strict, same_value
 from tuneloop.errors import UserError
 
 # How many example ids a failure list names; the counts are always complete.
 _MAX_LISTED = 5
-
-
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"{token} is not valid JSON")
-
-
-def parse_strict(text: str) -> tuple[Any, bool]:
-    """(value, True) when the whole stripped text is strict JSON (no NaN/Infinity), else (None, False)."""
-    try:
-        return json.loads(text.strip(), parse_constant=_reject_constant), True
-    except ValueError:  # JSONDecodeError is a ValueError
-        return None, False
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as JSON values: 1 and 1.0 are the same number, but true is not 1 (Python says it is)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    return type(a) is type(b) and a == b
 
 
 def parse_references(ids: list[str], references: list[str], metric: str) -> list[Any]:
@@ -70,7 +45,7 @@ def json_match(ids: list[str], predictions: list[str], references: list[str]) ->
     per_example, unparsed, wrong = [], [], []
     for example_id, prediction, reference in zip(ids, predictions, expected, strict=True):
         value, ok = parse_strict(prediction)
-        right = ok and _same(value, reference)
+        right = ok and same_value(value, reference)
         per_example.append(float(right))
         if not ok:
             unparsed.append(example_id)
@@ -78,38 +53,6 @@ def json_match(ids: list[str], predictions: list[str], references: list[str]) ->
             wrong.append(example_id)
     details = {"unparsed": len(unparsed), "wrong_value": len(wrong), "first_wrong": (unparsed + wrong)[:_MAX_LISTED]}
     return np.asarray(per_example, dtype=np.float64), details
-
-
-def object_fields(references: list[str]) -> list[str] | None:
-    """The keys of the reference records, in first-seen order, when every reference is a JSON object; else None."""
-    keys: dict[str, None] = {}
-    for reference in references:
-        value, ok = parse_strict(reference or "")
-        if not ok or not isinstance(value, dict):
-            return None
-        keys.update(dict.fromkeys(value))
-    return list(keys) or None
-
-
-def field_scores(predictions: list[str], references: list[str], fields: list[str]) -> dict[str, np.ndarray]:
-    """{field: per-example 1/0}: the output is a JSON object whose value under the field equals the reference's.
-
-    A reference without the field expects it absent: the output is right when it lacks it too.
-    """
-    outputs = [parse_strict(p) for p in predictions]
-    expected = [json.loads(r) for r in references]
-    missing = object()
-    scores: dict[str, np.ndarray] = {}
-    for name in fields:
-        row = []
-        for (value, ok), reference in zip(outputs, expected, strict=True):
-            if not ok or not isinstance(value, dict):
-                row.append(0.0)
-                continue
-            want, got = reference.get(name, missing), value.get(name, missing)
-            row.append(float(want is got if missing in (want, got) else _same(got, want)))
-        scores[name] = np.asarray(row, dtype=np.float64)
-    return scores
 
 
 def field_report(

@@ -79,7 +79,7 @@ def json_fields(prompt: str, response: str, reference: str | None = None) -> flo
     still separates the answers of a group when none is entirely right. Keys the reference lacks are not
     counted here (json_schema is what refuses them).
     """
-    from tuneloop.evaluate.json_fields import field_scores, object_fields
+    from tuneloop.data.json_values import field_scores, object_fields
 
     if reference is None:
         raise ValueError("reward json_fields needs a reference answer, and this example has none")
