@@ -14,34 +14,22 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.json_values import parse_strict
 from tuneloop.errors import UserError
 
 Reward = Callable[[str, str, "str | None"], float]
 BUILTINS = ("json_valid", "json_schema", "exact_match", "json_fields", "length")
 
 
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"{token} is not valid JSON")
-
-
-def parse_json(text: str) -> tuple[Any, bool]:
-    """(value, True) when the whole stripped text is strict JSON (no NaN, no code fences), as eval's json_valid."""
-    try:
-        return json.loads(text.strip(), parse_constant=_reject_constant), True
-    except ValueError:
-        return None, False
-
-
 def json_valid(prompt: str, response: str, reference: str | None = None) -> float:
     """1 when the response is strict JSON as a whole, else 0."""
-    return float(parse_json(response)[1])
+    return float(parse_strict(response)[1])
 
 
 def json_schema(schema: dict[str, Any]) -> Reward:
@@ -57,7 +45,7 @@ def json_schema(schema: dict[str, Any]) -> Reward:
     validator = cls(schema)
 
     def reward(prompt: str, response: str, reference: str | None = None) -> float:
-        value, ok = parse_json(response)
+        value, ok = parse_strict(response)
         return float(ok and validator.is_valid(value))
 
     reward.__name__ = "json_schema"
